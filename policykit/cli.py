@@ -1,0 +1,87 @@
+"""The ``policykit`` command line.
+
+This module only declares arguments; each command lives in
+``policykit.commands.<name>`` and is imported when it runs, so that
+``policykit --help``, ``validate``, ``fmt``, ``schema``, ``plan`` and ``diff``
+start fast and never import torch.
+
+Exit codes: 0 success / no change, 1 error or invalid input, 2 changes
+(``plan`` and ``diff``, as in Terraform's ``-detailed-exitcode``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from policykit import __version__
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+
+
+def _add_format(p: argparse.ArgumentParser, choices: tuple[str, ...], default: str = "text") -> None:
+    p.add_argument("--format", choices=choices, default=default,
+                   help=f"output format (default: {default})")
+    p.add_argument("--json", dest="format", action="store_const", const="json",
+                   help="same as --format json (stable, with a format_version)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command (cheap: no command is imported)."""
+    parser = argparse.ArgumentParser(
+        prog="policykit",
+        description="Declarative concept erasure for text-to-image diffusion models.",
+    )
+    parser.add_argument("--version", action="version", version=f"policykit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check policies; exit 0 if valid, 1 if not")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    _add_format(p, ("text", "json", "github"))
+
+    p = sub.add_parser("fmt", help="rewrite policies in canonical key order, keeping comments")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would change")
+    p.add_argument("--diff", action="store_true", help="print what would change")
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the policy language")
+    p.add_argument("--out", metavar="PATH", help="write it to PATH instead of standard output")
+
+    p = sub.add_parser("plan", help="compile a policy into the plan apply will run")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--out", metavar="PATH", help="also write the plan as JSON to PATH")
+    p.add_argument("--graph", metavar="PATH", help="write the concept graph (.json, .dot or .svg)")
+    _add_format(p, ("text", "json", "github"))
+
+    p = sub.add_parser("diff", help="semantic diff of two policies; exit 0 same, 2 changed, 1 error")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW", nargs="?")
+    p.add_argument("--against", metavar="GITREV",
+                   help="compare OLD (a file) with its version at this git revision")
+    _add_format(p, ("text", "markdown", "json", "github"))
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``policykit`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_OK
+    module = importlib.import_module(f"policykit.commands.{args.command.replace('-', '_')}")
+    try:
+        return int(module.run(args))
+    except KeyboardInterrupt:
+        print("policykit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The policy language: schema, loading with positions, ``extends``, formatting."""
