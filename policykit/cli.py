@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare OLD (a file) with its version at this git revision")
     _add_format(p, ("text", "markdown", "json", "github"))
 
+    p = sub.add_parser("keygen", help="write an ECDSA P-256 key pair for signing artifacts")
+    p.add_argument("--out", metavar="DIR", default="keys", help="directory for the key files (default: keys)")
+    p.add_argument("--name", default="policykit-signing", help="file name stem (default: policykit-signing)")
+    _add_format(p, ("text", "json"))
+
+    p = sub.add_parser("verify", help="check an artifact's file hashes and, with a key, its signature")
+    p.add_argument("artifact", metavar="ARTIFACT", help="artifact directory OUTPUT/NAME/VERSION")
+    p.add_argument("--public-key", metavar="KEY", help="public key (PEM) that must have signed it")
+    _add_format(p, ("text", "json"))
+
     return parser
 
 
