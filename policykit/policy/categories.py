@@ -24,3 +24,28 @@ DEFAULT_ANCHORS: dict[Category, str] = {
     Category.nsfw: "",
     Category.brand: "a logo",
 }
+
+
+def resolve_anchor(entry, defaults, index: int) -> tuple[str, tuple[str | int, ...]]:
+    """The anchor erase entry number ``index`` maps to, and the policy path
+    that supplied it (for diagnostics).
+
+    Precedence: the entry's own ``anchor``, then ``defaults.anchor``, then the
+    category default, for which the path is the entry's ``category`` key:
+    that is the line a reader changes to get another anchor.
+    """
+    if entry.anchor is not None:
+        return entry.anchor, ("erase", index, "anchor")
+    if defaults.anchor is not None:
+        return defaults.anchor, ("defaults", "anchor")
+    return DEFAULT_ANCHORS[Category(entry.category)], ("erase", index, "category")
+
+
+def resolve_templates(entry, defaults) -> tuple[str, ...]:
+    """The prompt templates of an erase entry: its own, else the policy's
+    defaults, else the category's."""
+    if entry.templates is not None:
+        return tuple(entry.templates)
+    if defaults.templates is not None:
+        return tuple(defaults.templates)
+    return DEFAULT_TEMPLATES[Category(entry.category)]

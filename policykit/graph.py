@@ -1,0 +1,503 @@
+"""The concept graph: what a policy erases, keeps, maps to and probes.
+
+A policy is a list of entries; the graph is what those entries mean together.
+Its nodes are phrases (node id = :func:`normalize_concept` of the text, so
+"Red  Circle" and "red circle" are one node) carrying every role the policy
+gives them (``kinds``): ``erase``, ``synonym``, ``associated``, ``anchor``,
+``preserve``, ``probe-target``; audit probes are nodes of their own
+(``probe:<prompt>``) and the policy itself is a root node (``policy:<name>``).
+Edges carry a ``relation``: ``erases`` and ``preserves`` (from the root),
+``synonym-of`` and ``associated-with`` (word -> erased concept), ``maps-to``
+(erased concept -> anchor), ``probes`` (probe -> concept) and
+``conflicts-with`` (added by checks).
+
+Contradictions only visible across entries - a phrase both erased and
+preserved, an anchor that is itself erased, anchors mapping in a circle - are
+:class:`Diagnostic` values positioned at the line that causes them.
+Model-based checks (a preserve inside an erase radius) need embeddings and
+arrive later through :meth:`ConceptGraph.add_conflict`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import networkx as nx
+
+from policykit.diagnostics import Diagnostic, Severity
+from policykit.policy.categories import resolve_anchor
+from policykit.policy.schema import normalize_concept
+
+#: Version of the graph JSON document; bump on breaking change.
+GRAPH_FORMAT_VERSION = 1
+
+# Roles a phrase can have (a node may have several: that is how conflicts show).
+ERASE, SYNONYM, ASSOCIATED, ANCHOR = "erase", "synonym", "associated", "anchor"
+PRESERVE, PROBE, PROBE_TARGET, POLICY = "preserve", "probe", "probe-target", "policy"
+#: Roles that mean "this phrase is erased by the policy".
+ERASED_ROLES = (ERASE, SYNONYM, ASSOCIATED)
+
+# Edge relations.
+ERASES, PRESERVES, SYNONYM_OF, ASSOCIATED_WITH = "erases", "preserves", "synonym-of", "associated-with"
+MAPS_TO, PROBES, CONFLICTS_WITH = "maps-to", "probes", "conflicts-with"
+
+PolicyPath = tuple[str | int, ...]
+
+
+def path_text(path: PolicyPath) -> str:
+    """A policy path as a reader writes it: ``erase[0].synonyms[2]``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class ConceptGraph:
+    """A policy's concepts and their relations, plus the problems found in them.
+
+    ``graph`` is a ``networkx.MultiDiGraph`` (two phrases can be related in
+    more than one way); ``diagnostics`` lists cross-entry problems.
+    """
+
+    def __init__(self, graph: nx.MultiDiGraph, diagnostics: list[Diagnostic] | None = None) -> None:
+        self.graph = graph
+        self.diagnostics: list[Diagnostic] = list(diagnostics or [])
+
+    @property
+    def name(self) -> str:
+        """The policy name the graph was built from."""
+        return self.graph.graph.get("name", "")
+
+    @property
+    def ok(self) -> bool:
+        """True when no diagnostic is an error."""
+        return not any(d.severity == "error" for d in self.diagnostics)
+
+    def kinds(self, node: str) -> list[str]:
+        """The roles of ``node`` (sorted)."""
+        return list(self.graph.nodes[node]["kinds"])
+
+    def nodes_with(self, kind: str) -> list[str]:
+        """Ids of the nodes that have role ``kind``, in insertion order."""
+        return [n for n, data in self.graph.nodes(data=True) if kind in data["kinds"]]
+
+    def relations(self, relation: str) -> list[tuple[str, str]]:
+        """``(source, target)`` of every edge with this relation."""
+        return [(u, v) for u, v, r in self.graph.edges(keys=True) if r == relation]
+
+    def add_conflict(self, a: str, b: str, *, code: str, message: str, severity: Severity = "warning",
+                     location: tuple[str, int, int] | None = None) -> Diagnostic:
+        """Record that phrases ``a`` and ``b`` conflict (a ``conflicts-with`` edge
+        plus a diagnostic) and return the diagnostic.
+
+        The hook for checks that need more than the policy text, e.g. a
+        preserved concept that falls inside an erased concept's neighbor
+        radius once embeddings are available. ``location`` is
+        ``(file, line, col)``, usually from ``LoadedPolicy.position``.
+        """
+        for node in (a, b):
+            if node not in self.graph:
+                raise KeyError(f"no node {node!r} in the concept graph")
+        self.graph.add_edge(a, b, key=CONFLICTS_WITH, relation=CONFLICTS_WITH, code=code)
+        file, line, col = location or ("<policy>", 0, 0)
+        diagnostic = Diagnostic(code, message, file, line, col, severity)
+        self.diagnostics.append(diagnostic)
+        return diagnostic
+
+    # ----------------------------------------------------------------- exports
+
+    def to_dict(self) -> dict[str, Any]:
+        """Node-link data (``format_version``, ``nodes``, ``edges``, ``diagnostics``),
+        with nodes and edges in a stable order."""
+        nodes = [{"id": n, **_plain(data)} for n, data in self.graph.nodes(data=True)]
+        edges = [{"source": u, "target": v, **_plain(data)} for u, v, data in self.graph.edges(data=True)]
+        return {
+            "format_version": GRAPH_FORMAT_VERSION,
+            "directed": True,
+            "multigraph": True,
+            "graph": dict(self.graph.graph),
+            "nodes": nodes,
+            "edges": edges,
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
+        }
+
+    def to_json(self) -> str:
+        """The graph as a JSON document (see :meth:`to_dict`)."""
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "ConceptGraph":
+        """Rebuild a graph written by :meth:`to_json`."""
+        doc = json.loads(text)
+        if doc.get("format_version") != GRAPH_FORMAT_VERSION:
+            raise ValueError(f"unsupported concept graph format_version {doc.get('format_version')!r}")
+        graph = nx.MultiDiGraph(**doc.get("graph", {}))
+        for node in doc["nodes"]:
+            attrs = dict(node)
+            graph.add_node(attrs.pop("id"), **attrs)
+        for edge in doc["edges"]:
+            attrs = dict(edge)
+            u, v = attrs.pop("source"), attrs.pop("target")
+            graph.add_edge(u, v, key=attrs["relation"], **attrs)
+        diagnostics = [Diagnostic(**d) for d in doc.get("diagnostics", [])]
+        return cls(graph, diagnostics)
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT (for people who have Graphviz)."""
+        lines = [f"digraph {_dot_id(self.name or 'policy')} {{", "  rankdir=LR;",
+                 '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
+                 '  edge [fontname="Helvetica", fontsize=9];']
+        conflicted = self._conflicted_nodes()
+        for node, data in self.graph.nodes(data=True):
+            role = primary_role(data["kinds"])
+            extra = ', color="#c62828", penwidth=2' if node in conflicted else ""
+            label = _label(data)
+            lines.append(f'  {_dot_id(node)} [label={_dot_id(label)}, fillcolor="{ROLE_COLOURS[role]}"{extra}];')
+        for u, v, data in self.graph.edges(data=True):
+            style = ', color="#c62828", style=dashed' if data["relation"] == CONFLICTS_WITH else ""
+            lines.append(f"  {_dot_id(u)} -> {_dot_id(v)} [label={_dot_id(data['relation'])}{style}];")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def to_svg(self) -> str:
+        """A picture of the graph as standalone SVG, laid out in layers
+        (probes | synonyms and associated | erased and preserved | anchors)."""
+        return _render_svg(self)
+
+    def write(self, path: str | Path) -> None:
+        """Write the graph to ``path``; the suffix (.json, .dot, .svg) picks the format."""
+        path = Path(path)
+        renderers = {".json": self.to_json, ".dot": self.to_dot, ".gv": self.to_dot, ".svg": self.to_svg}
+        if path.suffix.lower() not in renderers:
+            raise ValueError(f"unknown graph format {path.suffix!r}: use .json, .dot or .svg")
+        path.write_text(renderers[path.suffix.lower()](), encoding="utf-8")
+
+    def _conflicted_nodes(self) -> set[str]:
+        return {n for u, v in self.relations(CONFLICTS_WITH) for n in (u, v)}
+
+
+# --------------------------------------------------------------------- building
+
+
+class _Builder:
+    """Collects nodes, edges and where in the policy each role came from."""
+
+    def __init__(self, loaded) -> None:
+        self.loaded = loaded
+        self.graph = nx.MultiDiGraph(name=loaded.policy.metadata.name)
+        # node -> [(role, policy path, erase entry index or None)], in policy order
+        self.occurrences: dict[str, list[tuple[str, PolicyPath, int | None]]] = defaultdict(list)
+        self.diagnostics: list[Diagnostic] = []
+        # (code, u, v): conflict edges, added after all checks ran so that the
+        # checks see the graph exactly as the policy wrote it
+        self.conflict_edges: list[tuple[str, str, str]] = []
+
+    def node(self, text: str, role: str, path: PolicyPath, entry: int | None = None, node_id: str | None = None) -> str:
+        node_id = normalize_concept(text) if node_id is None else node_id
+        if node_id not in self.graph:
+            self.graph.add_node(node_id, text=text, kinds=[])
+        kinds = self.graph.nodes[node_id]["kinds"]
+        if role not in kinds:
+            kinds.append(role)
+            kinds.sort()
+        self.occurrences[node_id].append((role, path, entry))
+        return node_id
+
+    def edge(self, u: str, v: str, relation: str, **attrs: Any) -> None:
+        self.graph.add_edge(u, v, key=relation, relation=relation, **attrs)
+
+    def report(self, code: str, message: str, path: PolicyPath, severity: Severity = "error") -> None:
+        file, line, col = self.loaded.position(path)
+        self.diagnostics.append(Diagnostic(code, message, str(file), line, col, severity))
+
+    def erased_occurrences(self, node: str) -> list[tuple[str, PolicyPath, int | None]]:
+        return [o for o in self.occurrences.get(node, []) if o[0] in ERASED_ROLES]
+
+
+def build_graph(loaded) -> ConceptGraph:
+    """Build the concept graph of a loaded policy and check it for conflicts.
+
+    ``loaded`` is a :class:`~policykit.policy.loader.LoadedPolicy` that loaded
+    without error (its ``position`` places the diagnostics).
+    """
+    if loaded.policy is None:
+        raise ValueError("build_graph needs a policy that loaded without errors")
+    policy = loaded.policy
+    b = _Builder(loaded)
+    root = b.node(policy.metadata.name, POLICY, ("metadata", "name"), node_id=f"policy:{policy.metadata.name}")
+    anchors: list[tuple[int, str, str, PolicyPath]] = []  # (entry, concept, anchor, anchor path)
+
+    for i, entry in enumerate(policy.erase):
+        concept = b.node(entry.concept, ERASE, ("erase", i, "concept"), i)
+        b.edge(root, concept, ERASES)
+        for j, word in enumerate(entry.synonyms):
+            b.edge(b.node(word, SYNONYM, ("erase", i, "synonyms", j), i), concept, SYNONYM_OF)
+        for j, word in enumerate(entry.associated):
+            b.edge(b.node(word, ASSOCIATED, ("erase", i, "associated", j), i), concept, ASSOCIATED_WITH)
+        anchor_text, anchor_path = resolve_anchor(entry, policy.defaults, i)
+        anchor = b.node(anchor_text, ANCHOR, anchor_path, i)
+        b.edge(concept, anchor, MAPS_TO)
+        anchors.append((i, concept, anchor, anchor_path))
+
+    for k, entry in enumerate(policy.preserve):
+        b.edge(root, b.node(entry.concept, PRESERVE, ("preserve", k, "concept")), PRESERVES, weight=entry.weight)
+
+    for m, probe in enumerate(policy.audit.probes):
+        probe_id = b.node(probe.prompt, PROBE, ("audit", "probes", m, "prompt"),
+                          node_id=f"probe:{normalize_concept(probe.prompt)}")
+        b.graph.nodes[probe_id]["expect"] = probe.expect.value
+        target_text = probe.concept or probe.prompt
+        target_path = ("audit", "probes", m, "concept" if probe.concept else "prompt")
+        target = normalize_concept(target_text)
+        if target not in b.graph:
+            b.node(target_text, PROBE_TARGET, target_path)
+        b.edge(probe_id, target, PROBES, expect=probe.expect.value)
+
+    _check_duplicates(b)
+    _check_shared_words(b, policy)
+    _check_erased_and_preserved(b, policy)
+    _check_anchors(b, policy, anchors)
+    _check_probes(b, policy)
+    graph = ConceptGraph(b.graph, b.diagnostics)
+    for code, u, v in b.conflict_edges:
+        graph.graph.add_edge(u, v, key=CONFLICTS_WITH, relation=CONFLICTS_WITH, code=code)
+    return graph
+
+
+def _conflict_edge(b: _Builder, code: str, u: str, v: str) -> None:
+    b.conflict_edges.append((code, u, v))
+
+
+def _check_duplicates(b: _Builder) -> None:
+    for node, occurrences in b.occurrences.items():
+        for role, code, severity in ((ERASE, "duplicate-erase", "error"), (PRESERVE, "duplicate-preserve", "warning")):
+            paths = [path for r, path, _ in occurrences if r == role]
+            for path in paths[1:]:
+                b.report(code, f"{b.graph.nodes[node]['text']!r} is listed twice; first at {path_text(paths[0])}"
+                         + (" (two entries with possibly different settings)" if role == ERASE else ""),
+                         path, severity)
+
+
+def _check_shared_words(b: _Builder, policy) -> None:
+    """A synonym or associated word claimed by two erase entries maps to two anchors."""
+    for node in list(b.occurrences):
+        erased = b.erased_occurrences(node)
+        entries = sorted({entry for _, _, entry in erased})
+        if len(entries) < 2 or all(role == ERASE for role, _, _ in erased):
+            continue
+        first = policy.erase[entries[0]].concept
+        for role, path, entry in erased:
+            if entry != entries[0] and role != ERASE:
+                b.report("shared-word", f"{b.graph.nodes[node]['text']!r} is also erased with {first!r} "
+                         f"(erase[{entries[0]}]); it will be mapped towards both entries' anchors",
+                         path, "warning")
+            elif entry != entries[0] and role == ERASE:
+                b.report("shared-word", f"{b.graph.nodes[node]['text']!r} is erased here and also listed as a "
+                         f"{erased[0][0]} of {first!r} (erase[{entries[0]}])", path, "warning")
+
+
+def _erased_as(b: _Builder, policy, node: str) -> str:
+    """How a node is erased, for messages: "erased (erase[0].concept)" or
+    "a synonym of erased concept 'x' (erase[0].synonyms[1])"."""
+    role, path, entry = b.erased_occurrences(node)[0]
+    if role == ERASE:
+        return f"erased ({path_text(path)})"
+    relation = "a synonym of" if role == SYNONYM else "associated with"
+    return f"{relation} erased concept {policy.erase[entry].concept!r} ({path_text(path)})"
+
+
+def _check_erased_and_preserved(b: _Builder, policy) -> None:
+    for node, occurrences in b.occurrences.items():
+        if not b.erased_occurrences(node):
+            continue
+        for role, path, _ in occurrences:
+            if role == PRESERVE:
+                b.report("erase-preserve-conflict",
+                         f"{b.graph.nodes[node]['text']!r} is preserved but is {_erased_as(b, policy, node)}", path)
+                erased_entry = b.erased_occurrences(node)[0][2]
+                _conflict_edge(b, "erase-preserve-conflict", node, normalize_concept(policy.erase[erased_entry].concept))
+
+
+def _check_anchors(b: _Builder, policy, anchors: list[tuple[int, str, str, PolicyPath]]) -> None:
+    # Every erased phrase is pushed towards its entry's anchor: phrase -> anchor.
+    mapping = nx.DiGraph()
+    for node in b.occurrences:
+        for _, _, entry in b.erased_occurrences(node):
+            mapping.add_edge(node, anchors[entry][2], entry=entry)
+    in_cycle: set[str] = set()
+    for component in nx.strongly_connected_components(mapping):
+        members = sorted(component)
+        if len(members) == 1 and not mapping.has_edge(members[0], members[0]):
+            continue
+        in_cycle.update(members)
+        # start where the policy first writes the cycle, so the message reads in file order
+        start = min(members, key=lambda n: min((e for _, _, e in b.erased_occurrences(n)), default=len(anchors)))
+        cycle = [u for u, _ in nx.find_cycle(mapping.subgraph(members), source=start)]
+        entry = mapping.edges[cycle[0], (cycle + cycle[:1])[1]]["entry"]
+        shown = " -> ".join(repr(b.graph.nodes[n]["text"]) for n in cycle + cycle[:1])
+        if len(cycle) == 1:
+            message = f"{b.graph.nodes[cycle[0]]['text']!r} is mapped to itself: an anchor must differ from what is erased"
+        else:
+            message = f"anchor cycle {shown}: every anchor in it is itself erased, so nothing is left to map to"
+        b.report("anchor-cycle", message, anchors[entry][3])
+    for entry, concept, anchor, anchor_path in anchors:
+        if anchor in in_cycle or not b.erased_occurrences(anchor):
+            continue
+        b.report("anchor-erased", f"anchor {b.graph.nodes[anchor]['text']!r} of {policy.erase[entry].concept!r} "
+                 f"is itself {_erased_as(b, policy, anchor)}", anchor_path)
+        _conflict_edge(b, "anchor-erased", concept, anchor)
+
+
+def _check_probes(b: _Builder, policy) -> None:
+    for m, probe in enumerate(policy.audit.probes):
+        target = normalize_concept(probe.concept or probe.prompt)
+        path = ("audit", "probes", m, "expect")
+        probe_id = f"probe:{normalize_concept(probe.prompt)}"
+        if probe.expect.value == "preserved" and b.erased_occurrences(target):
+            b.report("probe-conflict", f"probe {probe.prompt!r} expects {b.graph.nodes[target]['text']!r} to be "
+                     f"preserved, but it is {_erased_as(b, policy, target)}", path)
+            _conflict_edge(b, "probe-conflict", probe_id, target)
+        elif probe.expect.value == "erased" and PRESERVE in b.graph.nodes[target]["kinds"] \
+                and not b.erased_occurrences(target):
+            b.report("probe-conflict", f"probe {probe.prompt!r} expects {b.graph.nodes[target]['text']!r} to be "
+                     "erased, but the policy preserves it", path)
+            _conflict_edge(b, "probe-conflict", probe_id, target)
+
+
+# ----------------------------------------------------------------- rendering
+
+#: Fill colour per primary role (also the legend of the picture).
+ROLE_COLOURS = {
+    ERASE: "#f4a3a3", SYNONYM: "#f8c99b", ASSOCIATED: "#fbe3a4", ANCHOR: "#b8cff2",
+    PRESERVE: "#b5e3bd", PROBE: "#dccdf0", PROBE_TARGET: "#e6e6e6", POLICY: "#ffffff",
+}
+# When a phrase has several roles, the first of these names its colour and column.
+_ROLE_PRIORITY = (ERASE, PRESERVE, ANCHOR, SYNONYM, ASSOCIATED, PROBE_TARGET, PROBE, POLICY)
+_LAYER = {PROBE: 0, SYNONYM: 1, ASSOCIATED: 1, ERASE: 2, PRESERVE: 2, PROBE_TARGET: 2, ANCHOR: 3}
+
+
+def primary_role(kinds: Iterable[str]) -> str:
+    """The role that decides how a node with several roles is drawn."""
+    kinds = set(kinds)
+    return next(role for role in _ROLE_PRIORITY if role in kinds)
+
+
+def _label(data: dict) -> str:
+    text = data.get("text", "")
+    if text == "" and ANCHOR in data["kinds"]:
+        return '"" (empty prompt)'
+    return text
+
+
+def _plain(data: dict) -> dict:
+    return {k: (list(v) if isinstance(v, (list, tuple, set)) else v) for k, v in data.items()}
+
+
+def _dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+_ROW, _BOX_H, _CHAR_W, _COL_GAP, _MARGIN, _MAX_CHARS = 34, 24, 7.0, 90, 20, 36
+
+
+def _render_svg(cg: ConceptGraph) -> str:
+    g = cg.graph
+    nodes = [n for n, d in g.nodes(data=True) if POLICY not in d["kinds"]]
+    layer_of = {n: _LAYER[primary_role(g.nodes[n]["kinds"])] for n in nodes}
+    layers: list[list[str]] = [[n for n in nodes if layer_of[n] == k] for k in range(4)]
+    # Order: the middle column keeps policy order (erase first, then preserves);
+    # each outer column is sorted by the mean row of its neighbours there
+    # (barycenter heuristic), which keeps most edges short and uncrossed.
+    layers[2].sort(key=lambda n: _LAYER_ORDER.get(primary_role(g.nodes[n]["kinds"]), 9))
+    middle = {n: i for i, n in enumerate(layers[2])}
+    for k in (1, 3):
+        layers[k].sort(key=lambda n: _barycenter(g, n, middle))
+    # probes point at any column; rank them by the row of what they probe
+    rows = {**middle, **{n: i for i, n in enumerate(layers[1])}, **{n: i for i, n in enumerate(layers[3])}}
+    layers[0].sort(key=lambda n: _barycenter(g, n, rows))
+    labels = {n: _clip(_label(g.nodes[n])) for n in nodes}
+    widths = [max((len(labels[n]) * _CHAR_W + 20 for n in layer), default=0) for layer in layers]
+    rows = max((len(layer) for layer in layers), default=0)
+    height_body = max(rows, 1) * _ROW
+    xs, x = [], _MARGIN
+    for width in widths:
+        xs.append(x)
+        x += width + (_COL_GAP if width else 0)
+    total_w = max(x - _COL_GAP + _MARGIN + 40, 420)
+    top = _MARGIN + 30
+    pos: dict[str, tuple[float, float, float]] = {}  # node -> (x_left, y_center, width)
+    for k, layer in enumerate(layers):
+        offset = (height_body - len(layer) * _ROW) / 2
+        for i, n in enumerate(layer):
+            pos[n] = (xs[k], top + offset + i * _ROW + _ROW / 2, len(labels[n]) * _CHAR_W + 20)
+    legend_y = top + height_body + 24
+    total_h = legend_y + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w:.0f}" height="{total_h:.0f}" '
+           f'viewBox="0 0 {total_w:.0f} {total_h:.0f}" font-family="Helvetica, Arial, sans-serif">',
+           "<defs>",
+           '<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+           'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker>',
+           "</defs>",
+           f'<rect width="100%" height="100%" fill="#ffffff"/>',
+           f'<text x="{_MARGIN}" y="{_MARGIN + 8}" font-size="14" font-weight="bold">'
+           f"{html.escape(cg.name)}: concept graph</text>"]
+    edge_parts, label_parts = [], []
+    for u, v, data in g.edges(data=True):
+        if u not in pos or v not in pos:
+            continue
+        relation = data["relation"]
+        colour = "#c62828" if relation == CONFLICTS_WITH else "#666"
+        dash = ' stroke-dasharray="4 3"' if relation in (CONFLICTS_WITH, PROBES) else ""
+        (ux, uy, uw), (vx, vy, vw) = pos[u], pos[v]
+        if layer_of[u] < layer_of[v]:
+            x1, y1, x2, y2 = ux + uw, uy, vx, vy
+            d = f"M{x1:.1f},{y1:.1f} C{(x1 + x2) / 2:.1f},{y1:.1f} {(x1 + x2) / 2:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
+            mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+        elif layer_of[u] > layer_of[v]:
+            x1, y1, x2, y2 = ux, uy, vx + vw, vy
+            d = f"M{x1:.1f},{y1:.1f} C{(x1 + x2) / 2:.1f},{y1:.1f} {(x1 + x2) / 2:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
+            mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+        else:  # same column: arc out to the right of the column
+            bulge = max(uw, vw) + 30 + abs(uy - vy) * 0.15
+            x1, y1, x2, y2 = ux + uw, uy, vx + vw, vy
+            d = f"M{x1:.1f},{y1:.1f} C{ux + bulge:.1f},{y1:.1f} {vx + bulge:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
+            mx, my = ux + bulge * 0.8, (y1 + y2) / 2
+        edge_parts.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="1.2"{dash} '
+                          f'marker-end="url(#arrow)"/>')
+        label_parts.append(f'<text x="{mx:.1f}" y="{my - 3:.1f}" font-size="9" fill="{colour}" text-anchor="middle" '
+                           f'paint-order="stroke" stroke="#fff" stroke-width="3">{html.escape(relation)}</text>')
+    out += edge_parts
+    conflicted = cg._conflicted_nodes()
+    for n in nodes:
+        x0, yc, w = pos[n]
+        role = primary_role(g.nodes[n]["kinds"])
+        stroke = 'stroke="#c62828" stroke-width="2.5"' if n in conflicted else 'stroke="#444" stroke-width="1"'
+        title = html.escape(f"{g.nodes[n]['text']} ({', '.join(g.nodes[n]['kinds'])})")
+        out.append(f'<g><title>{title}</title><rect x="{x0:.1f}" y="{yc - _BOX_H / 2:.1f}" width="{w:.1f}" '
+                   f'height="{_BOX_H}" rx="6" fill="{ROLE_COLOURS[role]}" {stroke}/>'
+                   f'<text x="{x0 + w / 2:.1f}" y="{yc + 4:.1f}" font-size="12" text-anchor="middle">'
+                   f"{html.escape(labels[n])}</text></g>")
+    out += label_parts
+    lx = _MARGIN
+    for role in (ERASE, SYNONYM, ASSOCIATED, ANCHOR, PRESERVE, PROBE, PROBE_TARGET):
+        out.append(f'<rect x="{lx}" y="{legend_y - 10}" width="14" height="14" rx="3" fill="{ROLE_COLOURS[role]}" '
+                   f'stroke="#444"/><text x="{lx + 18}" y="{legend_y + 1}" font-size="11">{role}</text>')
+        lx += 30 + len(role) * 7
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+_LAYER_ORDER = {ERASE: 0, PROBE_TARGET: 1, PRESERVE: 2}
+
+
+def _barycenter(g: nx.MultiDiGraph, node: str, reference: dict[str, int]) -> float:
+    rows = [reference[m] for m in (*g.successors(node), *g.predecessors(node)) if m in reference]
+    return sum(rows) / len(rows) if rows else float(len(reference))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_CHARS else text[: _MAX_CHARS - 1] + "\u2026"
