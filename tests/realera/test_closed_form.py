@@ -1,0 +1,103 @@
+"""Closed-form refinement against a float64 least-squares reference, and on the tiny pipeline."""
+
+import copy
+
+import pytest
+import torch
+
+from policykit.realera.closed_form import (ClosedFormSystem, apply_weights, closed_form_refine,
+                                           find_cross_attention_projections, refine_weights)
+from policykit.realera.prompts import align_with_anchor, locate_concept, tokenize
+
+
+def _least_squares(w, e, e_star, alpha, p, beta, lam):
+    """W' minimizing the method's objective, one layer, as a stacked least-squares problem."""
+    d = w.shape[1]
+    a, b = alpha.sqrt()[:, None], beta.sqrt()[:, None]
+    x = torch.cat([a * e, b * p, lam ** 0.5 * torch.eye(d, dtype=torch.float64)])
+    y = torch.cat([a * (e_star @ w.T), b * (p @ w.T), lam ** 0.5 * w.T])
+    return torch.linalg.lstsq(x, y).solution.T
+
+
+@pytest.mark.parametrize("n_erase,n_preserve,lam", [(5, 7, 0.1), (40, 3, 1e-3), (2, 0, 10.0)])
+def test_matches_per_layer_least_squares(n_erase, n_preserve, lam):
+    g = torch.Generator().manual_seed(n_erase)
+    d = 12
+    e, e_star = torch.randn(n_erase, d, generator=g), torch.randn(n_erase, d, generator=g)
+    p = torch.randn(n_preserve, d, generator=g)
+    alpha, beta = torch.rand(n_erase, generator=g) + 0.5, torch.rand(n_preserve, generator=g) + 0.5
+    layers = {f"l{i}": torch.nn.Linear(d, out, bias=False) for i, out in enumerate((3, 12, 20))}
+    for layer in layers.values():
+        torch.nn.init.normal_(layer.weight, generator=g)
+
+    system = ClosedFormSystem(d)
+    # in two chunks, to check accumulation
+    system.add_erase(e[: n_erase // 2], e_star[: n_erase // 2], alpha[: n_erase // 2])
+    system.add_erase(e[n_erase // 2:], e_star[n_erase // 2:], alpha[n_erase // 2:])
+    system.add_preserve(p, beta)
+    edited = refine_weights(layers, system.right_factor(lam))
+
+    for name, layer in layers.items():
+        w = layer.weight.detach().double()
+        reference = _least_squares(w, e.double(), e_star.double(), alpha.double(), p.double(), beta.double(), lam)
+        got = edited[f"{name}.weight"].double()
+        assert got.dtype == torch.float64 or edited[f"{name}.weight"].dtype == layer.weight.dtype
+        assert (got - reference).norm() / reference.norm() < 1e-6
+
+
+def test_system_rejects_bad_input():
+    system = ClosedFormSystem(4)
+    with pytest.raises(ValueError, match="width"):
+        system.add_preserve(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="shape"):
+        system.add_erase(torch.zeros(2, 4), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="lambda"):
+        system.right_factor(0.0)
+
+
+def test_finds_every_cross_attention_projection(tiny_pipe):
+    found = find_cross_attention_projections(tiny_pipe.unet)
+    attn2 = [n for n, _ in tiny_pipe.unet.named_modules() if n.endswith("attn2")]
+    assert sorted(found) == sorted(f"{n}.{t}" for n in attn2 for t in ("to_k", "to_v"))
+    assert all(layer.in_features == tiny_pipe.text_encoder.config.hidden_size for layer in found.values())
+    assert sorted(find_cross_attention_projections(tiny_pipe.unet, targets=["to_v"])) == \
+        sorted(f"{n}.to_v" for n in attn2)
+    with pytest.raises(ValueError):
+        find_cross_attention_projections(tiny_pipe.unet, targets=["to_q"])
+
+
+def _encode(pipe, prompts):
+    ids = tokenize(pipe.tokenizer, prompts).input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def test_erased_map_to_anchor_and_preserved_keep_theirs(tiny_pipe):
+    tok = tiny_pipe.tokenizer
+    templates = ["a photo of {}", "{} in a forest"]
+    erase, preserve = [], []
+    for template in templates:
+        aligned = align_with_anchor(tok, template, "mickey mouse", "a cat", leak_padding=2)
+        c, a = _encode(tiny_pipe, [aligned.concept.prompt, aligned.anchor.prompt])
+        erase.append((c[list(aligned.concept_positions)], a[list(aligned.anchor_positions)], 1.0))
+        kept = locate_concept(tok, template, "red circle", leak_padding=2)
+        preserve.append((_encode(tiny_pipe, [kept.prompt])[0][list(kept.positions)], 1.0))
+    unet = copy.deepcopy(tiny_pipe.unet)
+    before = {n: l.weight.detach().clone() for n, l in find_cross_attention_projections(unet).items()}
+    weights = closed_form_refine(unet, erase, preserve, lam=1e-5)
+    assert set(weights) == {f"{n}.weight" for n in before}
+    for name, w in before.items():  # the solver does not touch the model
+        assert torch.equal(find_cross_attention_projections(unet)[name].weight, w)
+
+    apply_weights(unet, weights)
+    layers = find_cross_attention_projections(unet)
+    e = torch.cat([x[0] for x in erase])
+    e_star = torch.cat([x[1] for x in erase])
+    p = torch.cat([x[0] for x in preserve])
+    assert e.shape[0] + p.shape[0] <= e.shape[1]  # feasible: the edit can be exact
+    for name, layer in layers.items():
+        w, w_new = before[name], layer.weight.detach()
+        change = (e @ w.T - e_star @ w.T).norm()
+        assert (e @ w_new.T - e_star @ w.T).norm() < 1e-3 * change
+        assert (p @ w_new.T - p @ w.T).norm() < 1e-3 * change
+        assert (w_new - w).norm() > 0
