@@ -1,0 +1,169 @@
+"""``policykit plan FILE``: compile a policy and show what apply would do.
+
+Exit codes (as Terraform's ``-detailed-exitcode``):
+
+- 1: the policy has errors (load errors or concept-graph conflicts);
+- 0: nothing to do: an artifact for this exact plan already exists at
+  ``<output.dir>/<name>/<version>/plan.json`` (``output.dir`` relative to the
+  current directory) with the same plan hash;
+- 2: apply would create the artifact (none exists, or the one there was
+  built from a different plan - then apply refuses to overwrite it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from policykit.diagnostics import FORMAT_VERSION, Diagnostic, has_errors, sort_diagnostics
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def print_diagnostics(diagnostics: Iterable[Diagnostic], fmt: str, stream=None) -> None:
+    """Print diagnostics as ``validate`` does: ``file:line:col: ...`` lines, or
+    ``::error`` annotations for ``github`` (JSON documents embed them instead)."""
+    stream = stream or sys.stderr
+    for diagnostic in sort_diagnostics(diagnostics):
+        print(diagnostic.format_github() if fmt == "github" else diagnostic.format_text(), file=stream)
+
+
+def artifact_plan_path(plan) -> Path:
+    """Where apply stores this plan's artifact copy (relative to the current directory)."""
+    return Path(plan.output.dir) / plan.inputs.policy_name / plan.inputs.policy_version / "plan.json"
+
+
+def artifact_status(plan) -> tuple[str, str]:
+    """``("up-to-date" | "create" | "conflict", explanation)`` for this plan's artifact."""
+    from policykit.plan import Plan
+
+    path = artifact_plan_path(plan)
+    if not path.is_file():
+        return "create", f"no artifact at {path}: apply would create it"
+    try:
+        stored = Plan.from_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return "conflict", f"{path} is unreadable ({exc}); apply will not overwrite it"
+    if stored.plan_hash == plan.plan_hash:
+        return "up-to-date", f"artifact {path.parent} was built from this exact plan: nothing to do"
+    return "conflict", (f"artifact {path.parent} exists but was built from plan {stored.plan_hash[:12]}; "
+                        "bump metadata.version to publish this plan")
+
+
+def run(args) -> int:
+    """Run ``policykit plan``; returns the exit code."""
+    from policykit.graph import build_graph
+    from policykit.plan import compile_plan, plan_json
+    from policykit.policy.loader import load_policy
+
+    fmt = args.format
+    loaded = load_policy(args.file)
+    diagnostics = list(loaded.diagnostics)
+    graph = None
+    if loaded.ok:
+        graph = build_graph(loaded)
+        diagnostics += graph.diagnostics
+        if args.graph:
+            try:
+                graph.write(args.graph)
+            except (OSError, ValueError) as exc:
+                diagnostics.append(Diagnostic("write-error", f"cannot write the graph: {exc}", args.graph))
+    if not loaded.ok or has_errors(diagnostics):
+        _report_failure(diagnostics, fmt)
+        return EXIT_ERROR
+
+    plan = compile_plan(loaded)
+    if args.out:
+        try:
+            Path(args.out).write_text(plan_json(plan), encoding="utf-8")
+        except OSError as exc:
+            _report_failure([*diagnostics, Diagnostic("write-error", f"cannot write the plan: {exc}", args.out)], fmt)
+            return EXIT_ERROR
+    status, explanation = artifact_status(plan)
+    if fmt == "json":
+        doc = {"format_version": FORMAT_VERSION, "status": status, "message": explanation,
+               "artifact": artifact_plan_path(plan).as_posix(), "plan": json.loads(plan_json(plan)),
+               "diagnostics": [d.to_dict() for d in sort_diagnostics(diagnostics)]}
+        print(json.dumps(doc, indent=2))
+    else:
+        print_diagnostics(diagnostics, fmt)
+        _print_summary(plan, status, explanation)
+    return EXIT_OK if status == "up-to-date" else EXIT_CHANGES
+
+
+def _report_failure(diagnostics: list[Diagnostic], fmt: str) -> None:
+    if fmt == "json":
+        doc = {"format_version": FORMAT_VERSION, "status": "error",
+               "diagnostics": [d.to_dict() for d in sort_diagnostics(diagnostics)]}
+        print(json.dumps(doc, indent=2))
+    else:
+        print_diagnostics(diagnostics, fmt)
+
+
+def _print_summary(plan, status: str, explanation: str) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    inputs = plan.inputs
+    model = inputs.base_model.id + (f"@{inputs.base_model.revision}" if inputs.base_model.revision else "")
+    pin = f", pinned sha256 {inputs.base_model.sha256[:12]}" if inputs.base_model.sha256 else ", not pinned"
+    console.print(f"[bold]{inputs.policy_name} {inputs.policy_version}[/bold]  base model {model}{pin}  "
+                  f"method {plan.method}  seed {plan.seed}")
+
+    # Compact (no vertical rules, paired numbers) so it reads on an 80-column terminal.
+    concepts = Table(title="Erase", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                     caption="syn/assoc: synonyms/associated; radius: radius/beyond_radius; str.: strength; "
+                             "samples: samples/beyond_samples", caption_justify="left")
+    for column, width in (("concept", 10), ("category", 8), ("anchor", 8)):
+        concepts.add_column(column, overflow="fold", min_width=width)
+    for column in ("syn/assoc", "radius", "samples", "str."):
+        concepts.add_column(column, justify="right")
+    for c in plan.erase:
+        n = c.neighbors
+        concepts.add_row(c.concept, c.category, repr(c.anchor) if c.anchor == "" else c.anchor,
+                         f"{len(c.synonyms)}/{len(c.associated)}", f"{n.radius:g}/{n.beyond_radius:g}",
+                         f"{n.samples}/{n.beyond_samples}", f"{c.strength:g}")
+    console.print(concepts)
+
+    if plan.preserve:
+        preserves = Table(title="Preserve", title_justify="left")
+        preserves.add_column("concept")
+        preserves.add_column("weight", justify="right")
+        for p in plan.preserve:
+            preserves.add_row(p.concept, f"{p.weight:g}")
+        console.print(preserves)
+    if plan.probes:
+        probes = Table(title="Audit probes", title_justify="left")
+        for column in ("prompt", "concept", "expect"):
+            probes.add_column(column, overflow="fold")
+        for p in plan.probes:
+            probes.add_row(p.prompt, p.concept, p.expect)
+        console.print(probes)
+
+    stages = Table(title="Stages", title_justify="left")
+    stages.add_column("#", justify="right")
+    stages.add_column("stage")
+    stages.add_column("settings", overflow="fold")
+    for i, stage in enumerate(plan.stages, 1):
+        stages.add_row(str(i), stage.name, _settings_text(stage.settings))
+    console.print(stages)
+    colour = {"up-to-date": "green", "create": "cyan", "conflict": "yellow"}[status]
+    console.print(f"plan hash [bold]{plan.plan_hash}[/bold]")
+    console.print(f"[{colour}]{explanation}[/{colour}]")
+
+
+def _settings_text(settings: dict) -> str:
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+            parts.append(f"{key}: ({value})")
+        elif isinstance(value, list):
+            parts.append(f"{key}={'+'.join(map(str, value))}")
+        else:
+            parts.append(f"{key}={value}")
+    return "  ".join(parts)

@@ -1,0 +1,376 @@
+"""The compiled plan: exactly what ``apply`` will run, with a stable hash.
+
+``compile_plan`` turns a loaded policy into a :class:`Plan`: every erase
+entry with all its defaults filled in (so a reviewer sees the values that
+will be used, not the ones that were written), the preserves and probes, the
+method preset expanded into an ordered list of stages with their settings,
+and the inputs (policy and source-file hashes, base model, toolkit version)
+``apply`` checks before it runs a stored plan.
+
+The plan is deterministic: the same inputs give byte-identical
+:func:`plan_json` wherever the policy lives on disk (source paths are stored
+relative to the top-level policy's directory; there are no timestamps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+import policykit
+from policykit.policy.categories import resolve_anchor, resolve_templates
+
+#: Version of the plan document; bump on breaking change.
+PLAN_FORMAT_VERSION = 1
+
+# Neighbor defaults, used when neither the erase entry nor ``defaults`` sets a
+# field. The one place they are defined (docs/policy-reference.md cites them).
+DEFAULT_RADIUS = 0.2
+#: beyond_radius = BEYOND_RADIUS_FACTOR x radius when unset.
+BEYOND_RADIUS_FACTOR = 2.0
+DEFAULT_SAMPLES = 16
+#: beyond_samples defaults to the (resolved) samples.
+DEFAULT_MIN_COSINE = 0.5
+DEFAULT_SPACE = "token"
+#: Noise alignment target of the ESD preset: negative guidance away from the concept.
+ESD_GUIDANCE = 1.0
+
+# Stage names, in the order they run.
+MINE_NEIGHBORS = "mine_neighbors"
+BEYOND_CONCEPT_REGULARIZATION = "beyond_concept_regularization"
+CLOSED_FORM_REFINEMENT = "closed_form_refinement"
+NOISE_ALIGNMENT = "noise_alignment"
+AUDIT = "audit"
+
+#: Stages each method preset runs (before disabled stages are dropped).
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "realera": (MINE_NEIGHBORS, BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT, AUDIT),
+    "realera-no-bcr": (MINE_NEIGHBORS, CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT, AUDIT),
+    "uce": (CLOSED_FORM_REFINEMENT, AUDIT),
+    "mace": (CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT, AUDIT),
+    "esd": (NOISE_ALIGNMENT, AUDIT),
+}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceFile(_Frozen):
+    """One policy file that went into the plan (the top-level one and every one it extends)."""
+
+    path: str  #: relative to the top-level policy's directory, '/'-separated
+    sha256: str
+
+
+class BaseModelInput(_Frozen):
+    """The base model as the policy names it (the pin is checked by apply)."""
+
+    id: str
+    revision: str | None = None
+    sha256: str | None = None
+
+
+class PlanInputs(_Frozen):
+    """What the plan was compiled from; apply refuses a plan whose inputs changed."""
+
+    policy_name: str
+    policy_version: str
+    policy_sha256: str  #: sha256 of the canonical JSON of the merged, validated policy
+    sources: tuple[SourceFile, ...]
+    base_model: BaseModelInput
+    toolkit_version: str
+
+
+class ResolvedNeighbors(_Frozen):
+    """Neighbor mining settings with every field resolved."""
+
+    radius: float
+    beyond_radius: float
+    samples: int
+    beyond_samples: int
+    min_cosine: float
+    space: str
+
+
+class ResolvedConcept(_Frozen):
+    """An erase entry with all defaults merged in."""
+
+    concept: str
+    category: str
+    anchor: str
+    synonyms: tuple[str, ...]
+    associated: tuple[str, ...]
+    strength: float
+    templates: tuple[str, ...]
+    neighbors: ResolvedNeighbors
+
+
+class PlannedPreserve(_Frozen):
+    """A concept to keep, with its weight."""
+
+    concept: str
+    weight: float
+
+
+class PlannedProbe(_Frozen):
+    """An audit probe, with the concept the classifier looks for resolved."""
+
+    prompt: str
+    expect: str
+    concept: str
+
+
+class Stage(_Frozen):
+    """One stage of the run and its settings."""
+
+    name: str
+    settings: dict[str, Any]
+
+
+class OutputSettings(_Frozen):
+    """Where apply writes the artifact (as written in the policy)."""
+
+    dir: str
+    signing_key: str | None = None
+
+
+class Plan(_Frozen):
+    """Everything apply runs, frozen; ``plan_hash`` identifies it."""
+
+    format_version: int = PLAN_FORMAT_VERSION
+    inputs: PlanInputs
+    method: str
+    seed: int
+    erase: tuple[ResolvedConcept, ...]
+    preserve: tuple[PlannedPreserve, ...]
+    probes: tuple[PlannedProbe, ...]
+    stages: tuple[Stage, ...]
+    output: OutputSettings
+    plan_hash: str = ""
+
+    def stage(self, name: str) -> Stage | None:
+        """The stage called ``name``, or None when the plan does not run it."""
+        return next((s for s in self.stages if s.name == name), None)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Names of the stages, in run order."""
+        return [s.name for s in self.stages]
+
+    def body(self) -> dict[str, Any]:
+        """The plan as plain JSON data, without ``plan_hash`` (what is hashed)."""
+        data = self.model_dump(mode="json")
+        data.pop("plan_hash")
+        return data
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Plan":
+        """Read a plan written by :func:`plan_json`; raises ValueError when the
+        format is unknown or the stored hash does not match the content."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format_version") != PLAN_FORMAT_VERSION:
+            version = data.get("format_version") if isinstance(data, dict) else None
+            raise ValueError(f"unsupported plan format_version {version!r} (this toolkit reads {PLAN_FORMAT_VERSION})")
+        plan = cls.model_validate(data)
+        expected = compute_plan_hash(plan.body())
+        if plan.plan_hash != expected:
+            raise ValueError("plan_hash does not match the plan's content (the file was edited or damaged)")
+        return plan
+
+
+def canonical_json(data: Any) -> str:
+    """The one JSON spelling hashes are computed over: sorted keys, compact, ASCII."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def compute_plan_hash(body: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a plan body (everything but the hash)."""
+    return sha256_hex(canonical_json(body).encode("ascii"))
+
+
+def plan_json(plan: Plan) -> str:
+    """The plan as a JSON document: deterministic, byte-identical for equal plans."""
+    return json.dumps(plan.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+
+
+def policy_sha256(policy) -> str:
+    """sha256 of the canonical JSON of a validated policy (comments and key order do not count)."""
+    return sha256_hex(canonical_json(policy.model_dump(mode="json", by_alias=True)).encode("ascii"))
+
+
+def resolve_neighbors(entry, defaults) -> ResolvedNeighbors:
+    """Merge an entry's neighbor settings over ``defaults`` over the built-in defaults."""
+    own, inherited = entry.neighbors, defaults.neighbors
+
+    def pick(field: str, fallback: Any) -> Any:
+        for source in (own, inherited):
+            value = getattr(source, field)
+            if value is not None:
+                return value
+        return fallback
+
+    radius = pick("radius", DEFAULT_RADIUS)
+    samples = pick("samples", DEFAULT_SAMPLES)
+    space = pick("space", DEFAULT_SPACE)
+    return ResolvedNeighbors(
+        radius=radius,
+        beyond_radius=pick("beyond_radius", round(BEYOND_RADIUS_FACTOR * radius, 12)),
+        samples=samples,
+        beyond_samples=pick("beyond_samples", samples),
+        min_cosine=pick("min_cosine", DEFAULT_MIN_COSINE),
+        space=getattr(space, "value", space),
+    )
+
+
+def resolve_concept(entry, defaults, index: int) -> ResolvedConcept:
+    """An erase entry with anchor, templates, strength and neighbors resolved."""
+    anchor, _ = resolve_anchor(entry, defaults, index)
+    return ResolvedConcept(
+        concept=entry.concept,
+        category=entry.category.value,
+        anchor=anchor,
+        synonyms=tuple(entry.synonyms),
+        associated=tuple(entry.associated),
+        strength=entry.strength if entry.strength is not None else defaults.strength,
+        templates=resolve_templates(entry, defaults),
+        neighbors=resolve_neighbors(entry, defaults),
+    )
+
+
+def plan_stages(policy) -> tuple[Stage, ...]:
+    """The method preset's stages with their settings, disabled stages left out."""
+    training = policy.training
+    method = training.method.value
+    names = list(METHOD_STAGES[method])
+    if not training.closed_form.enabled and CLOSED_FORM_REFINEMENT in names:
+        names.remove(CLOSED_FORM_REFINEMENT)
+    if not training.lora.enabled and NOISE_ALIGNMENT in names:
+        names.remove(NOISE_ALIGNMENT)
+    if not policy.audit.enabled:
+        names.remove(AUDIT)
+    if not ({CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT} & set(names)):
+        # Mining only feeds the edit stages: with none left it would be wasted work.
+        names = [n for n in names if n not in (MINE_NEIGHBORS, BEYOND_CONCEPT_REGULARIZATION)]
+    mined = MINE_NEIGHBORS in names
+    beyond = BEYOND_CONCEPT_REGULARIZATION in names
+    lora = training.lora
+    settings: dict[str, dict[str, Any]] = {
+        MINE_NEIGHBORS: {"seed": training.seed},
+        BEYOND_CONCEPT_REGULARIZATION: {"seed": training.seed},
+        CLOSED_FORM_REFINEMENT: {
+            "lambda": training.closed_form.lambda_,
+            "targets": list(training.closed_form.targets),
+            "use_mined_neighbors": mined,
+            "use_beyond_concept": beyond,
+        },
+        NOISE_ALIGNMENT: {
+            "rank": lora.rank, "steps": lora.steps, "learning_rate": lora.learning_rate,
+            "batch_size": lora.batch_size, "resolution": lora.resolution,
+            "preserve_weight": lora.preserve_weight, "attention_weight": lora.attention_weight,
+            "seed": training.seed, "target": "anchor",
+            "use_mined_neighbors": mined, "use_beyond_concept": beyond,
+        },
+        AUDIT: {
+            "samples_per_prompt": policy.audit.samples_per_prompt,
+            "classifier": policy.audit.classifier,
+            "thresholds": policy.audit.thresholds.model_dump(mode="json"),
+            "seed": training.seed,
+        },
+    }
+    if method == "esd":
+        settings[NOISE_ALIGNMENT].update(target="negative_guidance", guidance=ESD_GUIDANCE)
+    return tuple(Stage(name=name, settings=settings[name]) for name in names)
+
+
+FileReader = Callable[[Path], bytes]
+
+
+def compile_plan(loaded_or_policy, *, read_file: FileReader | None = None) -> Plan:
+    """Compile a policy into its :class:`Plan`.
+
+    Takes a ``LoadedPolicy`` (then every source file's bytes are hashed, read
+    with ``read_file`` - the loader's reader, e.g. a git reader for ``diff
+    --against``) or a bare validated ``Policy`` (then ``sources`` is empty).
+    """
+    if hasattr(loaded_or_policy, "diagnostics"):
+        loaded = loaded_or_policy
+        if loaded.policy is None:
+            raise ValueError("compile_plan needs a policy that loaded without errors")
+        policy, sources = loaded.policy, _source_files(loaded, read_file or (lambda p: Path(p).read_bytes()))
+    else:
+        policy, sources = loaded_or_policy, ()
+    inputs = PlanInputs(
+        policy_name=policy.metadata.name,
+        policy_version=policy.metadata.version,
+        policy_sha256=policy_sha256(policy),
+        sources=sources,
+        base_model=BaseModelInput(**policy.base_model.model_dump(mode="json")),
+        toolkit_version=policykit.__version__,
+    )
+    plan = Plan(
+        inputs=inputs,
+        method=policy.training.method.value,
+        seed=policy.training.seed,
+        erase=tuple(resolve_concept(e, policy.defaults, i) for i, e in enumerate(policy.erase)),
+        preserve=tuple(PlannedPreserve(concept=p.concept, weight=p.weight) for p in policy.preserve),
+        probes=tuple(PlannedProbe(prompt=p.prompt, expect=p.expect.value, concept=p.concept or p.prompt)
+                     for p in policy.audit.probes),
+        stages=plan_stages(policy),
+        output=OutputSettings(dir=policy.output.dir, signing_key=policy.output.signing_key),
+    )
+    return plan.model_copy(update={"plan_hash": compute_plan_hash(plan.body())})
+
+
+def _source_files(loaded, read_file: FileReader) -> tuple[SourceFile, ...]:
+    top_dir = Path(os.path.abspath(loaded.path)).parent
+    files = []
+    for source in loaded.sources or [loaded.path]:
+        relative = os.path.relpath(os.path.abspath(source), top_dir)
+        files.append(SourceFile(path=Path(relative).as_posix(), sha256=sha256_hex(read_file(Path(source)))))
+    return tuple(files)
+
+
+def changed_inputs(stored: Plan, current: Plan) -> list[str]:
+    """What changed between the inputs of a stored plan and the current ones,
+    one line per change (empty when the stored plan is still current)."""
+    old, new = stored.inputs, current.inputs
+    changes = []
+    if old.policy_sha256 != new.policy_sha256:
+        changes.append(f"policy content changed ({old.policy_name} {old.policy_version} -> "
+                       f"{new.policy_name} {new.policy_version})")
+    old_sources = {s.path: s.sha256 for s in old.sources}
+    new_sources = {s.path: s.sha256 for s in new.sources}
+    for path in sorted(old_sources.keys() | new_sources.keys()):
+        if path not in new_sources:
+            changes.append(f"source {path} is no longer used")
+        elif path not in old_sources:
+            changes.append(f"source {path} is new")
+        elif old_sources[path] != new_sources[path]:
+            changes.append(f"source {path} changed")
+    if old.base_model != new.base_model:
+        changes.append(f"base model changed ({_model_text(old.base_model)} -> {_model_text(new.base_model)})")
+    if old.toolkit_version != new.toolkit_version:
+        changes.append(f"toolkit version changed ({old.toolkit_version} -> {new.toolkit_version})")
+    if stored.body() != current.body() and not changes:
+        changes.append("compiled settings changed")
+    return changes
+
+
+def _model_text(model: BaseModelInput) -> str:
+    text = model.id
+    if model.revision:
+        text += f"@{model.revision}"
+    if model.sha256:
+        text += f" (sha256 {model.sha256[:12]})"
+    return text

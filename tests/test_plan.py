@@ -1,0 +1,244 @@
+"""The compiled plan: resolved defaults, method presets, a hash that moves
+with every setting, byte-identical output, and ``policykit plan`` exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import policykit
+from policykit.cli import main
+from policykit.plan import (DEFAULT_MIN_COSINE, DEFAULT_RADIUS, DEFAULT_SAMPLES, Plan, changed_inputs,
+                            compile_plan, plan_json)
+from policykit.policy.loader import load_policy
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests/fixtures/diff"
+
+POLICY = """\
+apiVersion: policykit/v1alpha1
+kind: ErasurePolicy
+metadata:
+  name: t
+  version: 1.0.0
+base_model:
+  id: builtin:shapes
+  revision: main
+defaults:
+  strength: 0.9
+  neighbors:
+    samples: 8
+erase:
+  - concept: red circle
+    anchor: gray circle
+    synonyms: [crimson circle]
+    neighbors:
+      radius: 0.3
+    templates: ["a {}", "a picture of a {}"]
+  - concept: Mickey Mouse
+    category: character
+preserve:
+  - concept: blue circle
+audit:
+  probes:
+    - prompt: an apple
+      expect: erased
+      concept: red circle
+training:
+  method: realera
+  seed: 3
+"""
+
+
+def write(directory: Path, text: str = POLICY, name: str = "policy.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def compiled(path: Path) -> Plan:
+    loaded = load_policy(path)
+    assert loaded.ok, [d.format_text() for d in loaded.diagnostics]
+    return compile_plan(loaded)
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_every_field_is_resolved_from_entry_then_defaults_then_builtin(tmp_path):
+    plan = compiled(write(tmp_path))
+    red, mickey = plan.erase
+    assert red.anchor == "gray circle" and mickey.anchor == "a character"   # category default
+    assert red.templates == ("a {}", "a picture of a {}")
+    assert mickey.templates[0] == "a photo of {}"
+    assert red.strength == mickey.strength == 0.9                            # from defaults
+    assert red.neighbors.radius == 0.3 and red.neighbors.beyond_radius == 0.6
+    assert mickey.neighbors.radius == DEFAULT_RADIUS and mickey.neighbors.beyond_radius == 2 * DEFAULT_RADIUS
+    assert red.neighbors.samples == red.neighbors.beyond_samples == 8        # beyond_samples follows samples
+    assert mickey.neighbors.min_cosine == DEFAULT_MIN_COSINE and mickey.neighbors.space == "token"
+    assert DEFAULT_SAMPLES == 16
+    assert plan.probes[0].concept == "red circle" and plan.preserve[0].weight == 1.0
+    assert plan.inputs.base_model.revision == "main" and plan.inputs.toolkit_version == policykit.__version__
+
+
+def test_plan_json_is_byte_identical_across_compiles_and_directories(tmp_path):
+    # extends, so that relative source paths are exercised too
+    for name in ("old.yaml", "shared-defaults.yaml"):
+        shutil.copy(FIXTURES / name, tmp_path / name)
+    elsewhere = tmp_path / "some" / "other" / "checkout"
+    elsewhere.mkdir(parents=True)
+    for name in ("old.yaml", "shared-defaults.yaml"):
+        shutil.copy(FIXTURES / name, elsewhere / name)
+    first = plan_json(compiled(tmp_path / "old.yaml"))
+    assert first == plan_json(compiled(tmp_path / "old.yaml"))
+    assert first == plan_json(compiled(elsewhere / "old.yaml"))
+    assert str(tmp_path) not in first
+    sources = [s["path"] for s in json.loads(first)["inputs"]["sources"]]
+    assert "old.yaml" in sources
+    if len(sources) > 1:  # the loader resolves extends
+        assert sources == ["shared-defaults.yaml", "old.yaml"]
+
+
+def test_from_json_round_trips_and_rejects_edits(tmp_path):
+    plan = compiled(write(tmp_path))
+    text = plan_json(plan)
+    assert Plan.from_json(text) == plan
+    doc = json.loads(text)
+    doc["erase"][0]["strength"] = 0.1
+    with pytest.raises(ValueError, match="plan_hash"):
+        Plan.from_json(json.dumps(doc))
+    with pytest.raises(ValueError, match="format_version"):
+        Plan.from_json(json.dumps({**json.loads(text), "format_version": 99}))
+
+
+@pytest.mark.parametrize("method, stages", [
+    ("realera", ["mine_neighbors", "beyond_concept_regularization", "closed_form_refinement", "noise_alignment", "audit"]),
+    ("realera-no-bcr", ["mine_neighbors", "closed_form_refinement", "noise_alignment", "audit"]),
+    ("uce", ["closed_form_refinement", "audit"]),
+    ("mace", ["closed_form_refinement", "noise_alignment", "audit"]),
+    ("esd", ["noise_alignment", "audit"]),
+])
+def test_method_presets_expand_to_their_stages(tmp_path, method, stages):
+    plan = compiled(write(tmp_path, edit(POLICY, "method: realera", f"method: {method}")))
+    assert plan.stage_names == stages
+    alignment = plan.stage("noise_alignment")
+    if method == "esd":
+        assert alignment.settings["target"] == "negative_guidance" and alignment.settings["guidance"] == 1.0
+    elif alignment is not None:
+        assert alignment.settings["target"] == "anchor" and "guidance" not in alignment.settings
+    refinement = plan.stage("closed_form_refinement")
+    if refinement is not None:
+        assert refinement.settings["use_mined_neighbors"] == method.startswith("realera")
+        assert refinement.settings["use_beyond_concept"] == (method == "realera")
+
+
+@pytest.mark.parametrize("disabled, missing", [
+    ("  closed_form:\n    enabled: false\n", "closed_form_refinement"),
+    ("  lora:\n    enabled: false\n", "noise_alignment"),
+])
+def test_disabled_stages_are_left_out(tmp_path, disabled, missing):
+    plan = compiled(write(tmp_path, POLICY + disabled))
+    assert missing not in plan.stage_names and "mine_neighbors" in plan.stage_names
+
+
+def test_disabled_audit_and_no_edit_stage(tmp_path):
+    text = edit(POLICY, "audit:\n", "audit:\n  enabled: false\n")
+    text += "  closed_form:\n    enabled: false\n  lora:\n    enabled: false\n"
+    assert compiled(write(tmp_path, text)).stage_names == []
+
+
+@pytest.mark.parametrize("old, new", [
+    ("radius: 0.3", "radius: 0.35"),
+    ("samples: 8", "samples: 9"),
+    ("strength: 0.9", "strength: 0.8"),
+    ("anchor: gray circle", "anchor: grey circle"),
+    ("synonyms: [crimson circle]", "synonyms: [crimson circle, red disc]"),
+    ('"a picture of a {}"]', '"an image of a {}"]'),
+    ("category: character", "category: person"),
+    ("concept: blue circle", "concept: blue circle\n    weight: 2"),
+    ("expect: erased", "expect: preserved"),
+    ("seed: 3", "seed: 4"),
+    ("method: realera", "method: mace"),
+    ("revision: main", "revision: v2"),
+    ("  revision: main", "  revision: main\n  sha256: " + "a" * 64),
+    ("id: builtin:shapes", "id: ./models/shapes"),
+    ("version: 1.0.0", "version: 1.0.1"),
+    ("training:\n", "output:\n  dir: elsewhere\ntraining:\n"),
+    ("training:\n", "training:\n  lora:\n    rank: 8\n"),
+    ("training:\n", "training:\n  closed_form:\n    lambda: 0.5\n"),
+    ("audit:\n", "audit:\n  thresholds:\n    max_efficacy_accuracy: 0.05\n"),
+    ("audit:\n", "audit:\n  samples_per_prompt: 2\n"),
+])
+def test_plan_hash_changes_with_every_setting(tmp_path, old, new):
+    before = compiled(write(tmp_path / "a"))
+    after = compiled(write(tmp_path / "b", edit(POLICY, old, new)))
+    assert before.plan_hash != after.plan_hash
+    assert before.inputs.policy_sha256 != after.inputs.policy_sha256
+
+
+def test_a_comment_changes_the_source_hash_but_not_the_policy_hash(tmp_path):
+    before = compiled(write(tmp_path / "a"))
+    after = compiled(write(tmp_path / "b", "# reviewed\n" + POLICY))
+    assert before.inputs.policy_sha256 == after.inputs.policy_sha256
+    assert before.plan_hash != after.plan_hash
+    assert changed_inputs(before, after) == ["source policy.yaml changed"]
+
+
+def test_changed_inputs_names_what_moved(tmp_path, monkeypatch):
+    stored = compiled(write(tmp_path / "a"))
+    assert changed_inputs(stored, compiled(write(tmp_path / "a"))) == []
+    current = compiled(write(tmp_path / "b", edit(POLICY, "revision: main", "revision: v2")))
+    changes = changed_inputs(stored, current)
+    assert any(c.startswith("policy content changed") for c in changes)
+    assert any("base model changed (builtin:shapes@main -> builtin:shapes@v2)" in c for c in changes)
+    monkeypatch.setattr(policykit, "__version__", "9.9.9")
+    assert changed_inputs(stored, compiled(write(tmp_path / "a"))) == \
+        [f"toolkit version changed ({stored.inputs.toolkit_version} -> 9.9.9)"]
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_plan_command_exit_codes_follow_the_artifact(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path)
+    out, graph = tmp_path / "plan.json", tmp_path / "graph.svg"
+    assert main(["plan", str(path), "--out", str(out), "--graph", str(graph)]) == 2
+    text = capsys.readouterr().out
+    assert "apply would create it" in text and "red circle" in text and "closed_form_refinement" in text
+    plan = Plan.from_json(out.read_text())
+    assert plan.plan_hash in text and graph.read_text().startswith("<svg")
+
+    artifact = tmp_path / "artifacts" / "t" / "1.0.0"
+    artifact.mkdir(parents=True)
+    (artifact / "plan.json").write_text(out.read_text())
+    assert main(["plan", str(path)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+    write(tmp_path, edit(POLICY, "radius: 0.3", "radius: 0.4"))
+    assert main(["plan", str(path), "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format_version"] == 1 and doc["status"] == "conflict"
+    assert doc["plan"]["erase"][0]["neighbors"]["radius"] == 0.4
+
+
+def test_plan_command_fails_on_graph_conflicts(tmp_path, capsys):
+    path = write(tmp_path, edit(POLICY, "concept: blue circle", "concept: crimson circle"))
+    assert main(["plan", str(path), "--format", "github"]) == 1
+    out = capsys.readouterr()
+    assert "::error file=" in out.err and "erase-preserve-conflict" in out.err
+    assert main(["plan", str(path), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "error" and doc["diagnostics"][0]["code"] == "erase-preserve-conflict"
+
+
+def test_plan_command_fails_on_invalid_policy(tmp_path, capsys):
+    path = write(tmp_path, edit(POLICY, "radius: 0.3", "radius: -1"))
+    assert main(["plan", str(path)]) == 1
+    assert "error" in capsys.readouterr().err
