@@ -254,3 +254,25 @@ class Policy(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=True,
                               title="ErasurePolicy")
+
+
+#: Where the published JSON Schema of this API version lives (its ``$id``).
+SCHEMA_ID = "https://policykit.dev/schemas/erasure-policy.v1alpha1.json"
+#: The checked-in copy of the schema, relative to the repository root.
+SCHEMA_FILE = "schemas/erasure-policy.v1alpha1.json"
+
+
+def json_schema() -> dict:
+    """The JSON Schema of :class:`Policy` (keys as written in YAML), for editors and CI."""
+    schema = Policy.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = SCHEMA_ID
+    schema["title"] = f"{KIND} ({API_VERSION})"
+    return schema
+
+
+def json_schema_text() -> str:
+    """:func:`json_schema` as deterministic text: sorted keys, 2-space indent, final newline."""
+    import json
+
+    return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

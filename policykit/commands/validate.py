@@ -1,0 +1,115 @@
+"""``policykit validate FILE...``: check policies; exit 0 if all valid, 1 if not.
+
+Each file is loaded (YAML, ``extends``, schema) and, when that succeeds, its
+concept graph is checked (conflicts, cycles) if :mod:`policykit.graph` is
+available. Output: ``text`` (with the source line and a caret under the
+column; coloured on a terminal), ``json`` (a document with a
+``format_version``) or ``github`` (workflow annotations for pull requests).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from policykit.diagnostics import FORMAT_VERSION, Diagnostic, has_errors, sort_diagnostics
+
+
+def run(args: Any) -> int:
+    """Validate ``args.files`` and print the result in ``args.format``."""
+    from policykit.policy.loader import load_policy
+
+    results = []
+    for file in args.files:
+        loaded = load_policy(file)
+        diagnostics = list(loaded.diagnostics)
+        if loaded.ok:
+            diagnostics += graph_diagnostics(loaded)
+        results.append((file, sort_diagnostics(diagnostics), loaded.texts))
+    fmt = getattr(args, "format", "text")
+    if fmt == "json":
+        print(validation_json(results))
+    elif fmt == "github":
+        for _, diagnostics, _ in results:
+            for diagnostic in diagnostics:
+                print(diagnostic.format_github())
+    else:
+        print_text(results)
+    return 1 if any(has_errors(d) for _, d, _ in results) else 0
+
+
+def graph_diagnostics(loaded: Any) -> list[Diagnostic]:
+    """The concept-graph checks for a loaded policy (none if the graph module is absent)."""
+    try:
+        from policykit.graph import build_graph
+    except ImportError:
+        return []
+    try:
+        return list(build_graph(loaded).diagnostics)
+    except Exception as exc:  # noqa: BLE001 - a bug in the checks must not hide the file's verdict
+        return [Diagnostic("internal-error", f"concept graph check failed: {exc.__class__.__name__}: {exc}",
+                           str(loaded.path))]
+
+
+def validation_json(results: list[tuple[str, list[Diagnostic], dict]]) -> str:
+    """The ``--json`` document: overall verdict and, per file, its diagnostics."""
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "valid": not any(has_errors(d) for _, d, _ in results),
+        "files": [{"file": file, "valid": not has_errors(diagnostics),
+                   "diagnostics": [d.to_dict() for d in diagnostics]}
+                  for file, diagnostics, _ in results],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def snippet(diagnostic: Diagnostic, texts: dict[str, str]) -> list[str]:
+    """The source line a diagnostic points at, and a caret under its column."""
+    text = texts.get(diagnostic.file)
+    if text is None or diagnostic.line <= 0:
+        return []
+    lines = text.splitlines()
+    if diagnostic.line > len(lines):
+        return []
+    line = lines[diagnostic.line - 1]
+    if len(line) > 200:  # keep hostile one-line files from flooding the terminal
+        start = max(0, diagnostic.col - 100)
+        line = line[start:start + 200]
+        col = diagnostic.col - start
+    else:
+        col = diagnostic.col
+    gutter = f"{diagnostic.line:>4} | "
+    caret = " " * (len(gutter) - 2) + "| " + " " * max(col - 1, 0) + "^" if col > 0 else ""
+    return [gutter + line.expandtabs(1)] + ([caret] if caret else [])
+
+
+def print_text(results: list[tuple[str, list[Diagnostic], dict]]) -> None:
+    """Human output: rich colours on a terminal, plain text otherwise."""
+    if sys.stdout.isatty():
+        _print_rich(results)
+        return
+    for file, diagnostics, texts in results:
+        for d in diagnostics:
+            print(f"{d.location}: {d.severity}: {d.code}: {d.message}")
+            for line in snippet(d, texts):
+                print(line)
+        print(f"{file}: {'invalid' if has_errors(diagnostics) else 'valid'}")
+
+
+def _print_rich(results: list[tuple[str, list[Diagnostic], dict]]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False)
+    colour = {"error": "bold red", "warning": "bold yellow", "note": "bold cyan"}
+    for file, diagnostics, texts in results:
+        for d in diagnostics:
+            console.print(f"[bold]{escape(d.location)}[/]: [{colour[d.severity]}]{d.severity}[/]: "
+                          f"[dim]{escape(d.code)}[/]: {escape(d.message)}")
+            for line in snippet(d, texts):
+                console.print(escape(line), style="red" if line.strip().endswith("^") else None)
+        if has_errors(diagnostics):
+            console.print(f"[red]✗[/] {escape(file)}: invalid")
+        else:
+            console.print(f"[green]✓[/] {escape(file)}: valid")

@@ -1,0 +1,83 @@
+"""``policykit validate``: exit codes and the text, json and github formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from policykit.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "policies"
+GOOD = str(FIXTURES / "good-minimal.yaml")
+BAD = str(FIXTURES / "bad" / "many-problems.yaml")
+
+
+def test_valid_policies_exit_zero(capsys):
+    assert main(["validate", GOOD, str(REPO / "policies" / "demo.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert f"{GOOD}: valid" in out
+
+
+def test_any_invalid_policy_exits_one_with_snippets(capsys):
+    assert main(["validate", GOOD, BAD]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    head = f"{BAD}:9:5: error: unknown-key: unknown key 'radiuss' in defaults.neighbors; did you mean 'radius'?"
+    i = lines.index(head)
+    assert lines[i + 1] == "   9 |     radiuss: 0.3"
+    assert lines[i + 2] == "     |     ^"
+    assert f"{BAD}: invalid" in lines and f"{GOOD}: valid" in lines
+
+
+def test_json_format(capsys):
+    assert main(["validate", "--json", GOOD, BAD]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format_version"] == 1 and doc["valid"] is False
+    by_file = {f["file"]: f for f in doc["files"]}
+    assert by_file[GOOD] == {"file": GOOD, "valid": True, "diagnostics": []}
+    first = by_file[BAD]["diagnostics"][0]
+    assert (first["code"], first["line"], first["col"], first["file"]) == ("invalid-value", 1, 13, BAD)
+    assert main(["validate", "--format", "json", GOOD]) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] is True
+
+
+def test_github_format(capsys):
+    assert main(["validate", "--format", "github", BAD]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 15
+    assert lines[0].startswith(f"::error file={BAD},line=1,col=13,title=invalid-value::apiVersion")
+
+
+def test_missing_file_is_a_diagnostic_not_a_traceback(capsys):
+    assert main(["validate", "no/such/policy.yaml"]) == 1
+    assert "no/such/policy.yaml: error: file-not-found" in capsys.readouterr().out
+
+
+def test_graph_diagnostics_are_included(monkeypatch, capsys):
+    import types
+
+    from policykit.diagnostics import Diagnostic
+
+    fake = types.ModuleType("policykit.graph")
+    fake.build_graph = lambda loaded: types.SimpleNamespace(diagnostics=[
+        Diagnostic("preserve-erased", "preserve equals an erase", *loaded.position(("erase", 0, "concept")))])
+    monkeypatch.setitem(sys.modules, "policykit.graph", fake)
+    assert main(["validate", "--json", GOOD]) == 1
+    [diagnostic] = json.loads(capsys.readouterr().out)["files"][0]["diagnostics"]
+    assert (diagnostic["code"], diagnostic["line"], diagnostic["col"]) == ("preserve-erased", 9, 14)
+
+
+def test_validate_is_fast():
+    # Own work of validate for a normal policy (imports included), in a fresh interpreter.
+    code = ("import time; t = time.perf_counter(); from policykit.cli import main; "
+            "import sys; sys.argv = ['policykit']; "
+            f"rc = main(['validate', '--json', {str(REPO / 'policies' / 'demo.yaml')!r}]); "
+            "print('ELAPSED', time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    elapsed = float(out.stdout.rsplit("ELAPSED", 1)[1])
+    # 0.3 s on an idle machine; the bound leaves room for a busy CI runner.
+    assert elapsed < 1.5, elapsed
