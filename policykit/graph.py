@@ -401,7 +401,8 @@ def _dot_id(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-_ROW, _BOX_H, _CHAR_W, _COL_GAP, _MARGIN, _MAX_CHARS = 34, 24, 7.0, 90, 20, 36
+_ROW, _BOX_H, _CHAR_W, _COL_GAP, _MARGIN, _MAX_CHARS = 34, 24, 7.0, 120, 20, 36
+_ARC_STEP = 80  # horizontal room per arc inside a column: one edge label wide
 
 
 def _render_svg(cg: ConceptGraph) -> str:
@@ -423,10 +424,16 @@ def _render_svg(cg: ConceptGraph) -> str:
     widths = [max((len(labels[n]) * _CHAR_W + 20 for n in layer), default=0) for layer in layers]
     rows = max((len(layer) for layer in layers), default=0)
     height_body = max(rows, 1) * _ROW
+    # a column with edges inside it (conflicts, anchors that are erased) needs
+    # room on its right for the arcs that connect them
+    arcs = defaultdict(int)
+    for u, v in g.edges():
+        if u in layer_of and v in layer_of and layer_of[u] == layer_of[v]:
+            arcs[layer_of[u]] += 1
     xs, x = [], _MARGIN
-    for width in widths:
+    for k, width in enumerate(widths):
         xs.append(x)
-        x += width + (_COL_GAP if width else 0)
+        x += width + (_COL_GAP + arcs[k] * _ARC_STEP if width else 0)
     total_w = max(x - _COL_GAP + _MARGIN + 40, 420)
     top = _MARGIN + 30
     pos: dict[str, tuple[float, float, float]] = {}  # node -> (x_left, y_center, width)
@@ -446,30 +453,49 @@ def _render_svg(cg: ConceptGraph) -> str:
            f'<text x="{_MARGIN}" y="{_MARGIN + 8}" font-size="14" font-weight="bold">'
            f"{html.escape(cg.name)}: concept graph</text>"]
     edge_parts, label_parts = [], []
+    drawn_between: dict[frozenset, int] = defaultdict(int)  # parallel edges fan out
+    arcs_drawn: dict[int, int] = defaultdict(int)
     for u, v, data in g.edges(data=True):
         if u not in pos or v not in pos:
             continue
+        fan = drawn_between[frozenset((u, v))]
+        drawn_between[frozenset((u, v))] += 1
         relation = data["relation"]
         colour = "#c62828" if relation == CONFLICTS_WITH else "#666"
         dash = ' stroke-dasharray="4 3"' if relation in (CONFLICTS_WITH, PROBES) else ""
         (ux, uy, uw), (vx, vy, vw) = pos[u], pos[v]
-        if layer_of[u] < layer_of[v]:
-            x1, y1, x2, y2 = ux + uw, uy, vx, vy
-            d = f"M{x1:.1f},{y1:.1f} C{(x1 + x2) / 2:.1f},{y1:.1f} {(x1 + x2) / 2:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
-            mx, my = (x1 + x2) / 2, (y1 + y2) / 2
-        elif layer_of[u] > layer_of[v]:
-            x1, y1, x2, y2 = ux, uy, vx + vw, vy
-            d = f"M{x1:.1f},{y1:.1f} C{(x1 + x2) / 2:.1f},{y1:.1f} {(x1 + x2) / 2:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
-            mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+        if layer_of[u] != layer_of[v]:  # between columns: an S-curve, right edge to left edge
+            forward = layer_of[u] < layer_of[v]
+            x1, x2 = (ux + uw, vx) if forward else (ux, vx + vw)
+            y1, y2 = uy, vy
+            # leave the source column straight, then curve only in the gap
+            # between columns, so neither curves nor labels cover other nodes
+            edge_x = xs[layer_of[u]] + widths[layer_of[u]] if forward else xs[layer_of[u]]
+            stub = f"M{x1:.1f},{y1:.1f} L{edge_x:.1f},{y1:.1f} " if abs(edge_x - x1) > 0.5 else ""
+            x1 = edge_x
+            c1, c2 = ((x1 + x2) / 2, y1 - 14 * fan), ((x1 + x2) / 2, y2 - 14 * fan)
+            # label near the source end, where edges are still a row apart
+            at = 0.22 + 0.2 * fan
         else:  # same column: arc out to the right of the column
-            bulge = max(uw, vw) + 30 + abs(uy - vy) * 0.15
+            # each arc in a column bulges further out, so arcs and labels do not stack
+            column_right = xs[layer_of[u]] + widths[layer_of[u]]
+            bulge_x = column_right + 40 + _ARC_STEP * arcs_drawn[layer_of[u]]
+            arcs_drawn[layer_of[u]] += 1
             x1, y1, x2, y2 = ux + uw, uy, vx + vw, vy
-            d = f"M{x1:.1f},{y1:.1f} C{ux + bulge:.1f},{y1:.1f} {vx + bulge:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
-            mx, my = ux + bulge * 0.8, (y1 + y2) / 2
+            c1, c2 = (bulge_x, y1), (bulge_x, y2)
+            at, stub = 0.5, ""
+        d = f"{stub or f'M{x1:.1f},{y1:.1f} '}C{c1[0]:.1f},{c1[1]:.1f} {c2[0]:.1f},{c2[1]:.1f} {x2:.1f},{y2:.1f}"
+        mx, my = _bezier_point((x1, y1), c1, c2, (x2, y2), at)
+        if not stub and layer_of[u] == layer_of[v]:
+            mx += len(relation) * 2.5 + 4  # beside the apex, not across the arc
         edge_parts.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="1.2"{dash} '
                           f'marker-end="url(#arrow)"/>')
-        label_parts.append(f'<text x="{mx:.1f}" y="{my - 3:.1f}" font-size="9" fill="{colour}" text-anchor="middle" '
-                           f'paint-order="stroke" stroke="#fff" stroke-width="3">{html.escape(relation)}</text>')
+        # a white plate under the label keeps it readable where edges cross
+        width = len(relation) * 5.0 + 4
+        label_parts.append(f'<rect x="{mx - width / 2:.1f}" y="{my - 6:.1f}" width="{width:.1f}" height="11" '
+                           f'fill="#ffffff" fill-opacity="0.85"/>'
+                           f'<text x="{mx:.1f}" y="{my + 3:.1f}" font-size="9" fill="{colour}" '
+                           f'text-anchor="middle">{html.escape(relation)}</text>')
     out += edge_parts
     conflicted = cg._conflicted_nodes()
     for n in nodes:
@@ -492,6 +518,13 @@ def _render_svg(cg: ConceptGraph) -> str:
 
 
 _LAYER_ORDER = {ERASE: 0, PROBE_TARGET: 1, PRESERVE: 2}
+
+
+def _bezier_point(p0, p1, p2, p3, t: float) -> tuple[float, float]:
+    """The point at parameter ``t`` of a cubic Bezier curve."""
+    u = 1 - t
+    return tuple(u ** 3 * a + 3 * u * u * t * b + 3 * u * t * t * c + t ** 3 * d
+                 for a, b, c, d in zip(p0, p1, p2, p3))
 
 
 def _barycenter(g: nx.MultiDiGraph, node: str, reference: dict[str, int]) -> float:
