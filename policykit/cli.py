@@ -50,13 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of the policy language")
     p.add_argument("--out", metavar="PATH", help="write it to PATH instead of standard output")
 
-    p = sub.add_parser("plan", help="compile a policy into the plan apply will run")
+    p = sub.add_parser(
+        "plan", help="compile a policy into the plan apply will run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compile FILE (defaults, extends and method preset resolved) and show what apply will run.",
+        epilog="exit codes:\n"
+               "  0  nothing to do: <output.dir>/<name>/<version>/plan.json (output.dir relative to\n"
+               "     the current directory) exists and has this plan's hash\n"
+               "  1  error: the policy is invalid or its concept graph has conflicts\n"
+               "  2  apply would create the artifact (none exists, or one built from another plan)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--out", metavar="PATH", help="also write the plan as JSON to PATH")
     p.add_argument("--graph", metavar="PATH", help="write the concept graph (.json, .dot or .svg)")
     _add_format(p, ("text", "json", "github"))
 
-    p = sub.add_parser("diff", help="semantic diff of two policies; exit 0 same, 2 changed, 1 error")
+    p = sub.add_parser(
+        "diff", help="semantic diff of two policies; exit 0 same, 2 changed, 1 error",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare the compiled plans of OLD and NEW (or of FILE at GITREV and FILE now):\n"
+                    "concepts, radii, preserves, audit, stages and base model; comments and\n"
+                    "spelled-out defaults are not changes.",
+        epilog="exit codes: 0 no semantic change, 2 changes, 1 error (either side invalid)")
     p.add_argument("old", metavar="OLD")
     p.add_argument("new", metavar="NEW", nargs="?")
     p.add_argument("--against", metavar="GITREV",

@@ -147,10 +147,12 @@ def test_disabled_stages_are_left_out(tmp_path, disabled, missing):
     assert missing not in plan.stage_names and "mine_neighbors" in plan.stage_names
 
 
-def test_disabled_audit_and_no_edit_stage(tmp_path):
+def test_disabled_audit_and_no_edit_stage(tmp_path, capsys):
     text = edit(POLICY, "audit:\n", "audit:\n  enabled: false\n")
     text += "  closed_form:\n    enabled: false\n  lora:\n    enabled: false\n"
     assert compiled(write(tmp_path, text)).stage_names == []
+    main(["plan", str(tmp_path / "policy.yaml")])
+    assert "warning: no-edit-stage" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("old, new", [

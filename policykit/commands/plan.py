@@ -75,6 +75,10 @@ def run(args) -> int:
         return EXIT_ERROR
 
     plan = compile_plan(loaded)
+    if not {"closed_form_refinement", "noise_alignment"} & set(plan.stage_names):
+        file, line, col = loaded.position(("training",))
+        diagnostics.append(Diagnostic("no-edit-stage", "every edit stage is disabled: apply would publish the "
+                                      "base model unchanged", str(file), line, col, "warning"))
     if args.out:
         try:
             Path(args.out).write_text(plan_json(plan), encoding="utf-8")
