@@ -246,3 +246,16 @@ def test_against_errors_are_clear(repo, tmp_path_factory, capsys):
     shutil.copy(FIXTURES / "new.yaml", outside / "p.yaml")
     assert main(["diff", str(outside / "p.yaml"), "--against", "HEAD"]) == 1
     assert "not inside a git repository" in capsys.readouterr().err
+
+
+def test_against_an_invalid_old_revision_says_which_side_failed(repo, capsys):
+    policy = repo / "policy.yaml"
+    policy.write_text(edit(policy.read_text(), "  - concept: red square\n", "  - concept: apple\n"))
+    _git(repo, "commit", "-q", "-am", "preserve an erased word")
+    shutil.copy(FIXTURES / "old.yaml", policy)
+    assert main(["diff", str(policy), "--against", "HEAD"]) == 1
+    err = capsys.readouterr().err
+    assert "(at HEAD) 'apple' is preserved" in err
+    assert main(["diff", str(policy), "--against", "HEAD", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "error" and [d["code"] for d in doc["diagnostics"]] == ["erase-preserve-conflict"]

@@ -80,22 +80,24 @@ def _git(args: list[str], cwd: Path) -> bytes | None:
 
 
 def _compile_side(file: str, label: str, read_file=None):
-    """Load, check and compile one side; returns ``(plan, diagnostics)`` (plan None on error)."""
+    """Load, check and compile one side; returns ``(plan, diagnostics, texts)``
+    (plan None on error; texts: the sources, for snippets)."""
     from policykit.graph import build_graph
     from policykit.plan import compile_plan
     from policykit.policy.loader import load_policy
 
     loaded = load_policy(file, read_file=read_file)
+    texts = getattr(loaded, "texts", None) or {}
     diagnostics = list(loaded.diagnostics)
     if not loaded.ok:
-        return None, diagnostics
+        return None, diagnostics, texts
     diagnostics += build_graph(loaded).diagnostics
     if has_errors(diagnostics):
-        return None, diagnostics
+        return None, diagnostics, texts
     try:
-        return compile_plan(loaded, read_file=read_file), diagnostics
+        return compile_plan(loaded, read_file=read_file), diagnostics, texts
     except OSError as exc:
-        return None, diagnostics + [Diagnostic("read-error", f"{label}: {exc}", file)]
+        return None, diagnostics + [Diagnostic("read-error", f"{label}: {exc}", file)], texts
 
 
 def run(args) -> int:
@@ -118,14 +120,20 @@ def run(args) -> int:
         return _fail([Diagnostic("usage", "diff needs OLD and NEW files, or FILE --against GITREV", args.old)], fmt)
 
     old_label = f"{old_file}@{args.against}" if args.against else old_file
-    old_plan, old_diags = _compile_side(old_file, old_label, old_reader)
-    new_plan, new_diags = _compile_side(new_file, new_file)
+    old_plan, old_diags, old_texts = _compile_side(old_file, old_label, old_reader)
+    new_plan, new_diags, new_texts = _compile_side(new_file, new_file)
     if old_plan is None or new_plan is None:
-        if args.against and old_plan is None:
+        if args.against:
             # the same path names both sides: say which revision the problems are in
             old_diags = [Diagnostic(d.code, f"(at {args.against}) {d.message}", d.file, d.line, d.col, d.severity)
                          for d in old_diags]
-        return _fail(old_diags + new_diags, fmt)
+        failed = [(diags, texts) for diags, texts, plan in ((old_diags, old_texts, old_plan),
+                                                             (new_diags, new_texts, new_plan)) if plan is None]
+        if fmt == "json":
+            return _fail([d for diags, _ in failed for d in diags], fmt)
+        for diags, texts in failed:  # each side's snippets come from its own text
+            _fail(diags, fmt, texts)
+        return EXIT_ERROR
 
     diff = diff_plans(old_plan, new_plan)
     if fmt == "json":
@@ -141,9 +149,9 @@ def run(args) -> int:
     return EXIT_CHANGES if diff.changed else EXIT_OK
 
 
-def _fail(diagnostics: list[Diagnostic], fmt: str) -> int:
+def _fail(diagnostics: list[Diagnostic], fmt: str, texts: dict[str, str] | None = None) -> int:
     if fmt == "json":
         print(diagnostics_json(diagnostics, status="error"))
     else:
-        print_diagnostics(diagnostics, "github" if fmt == "github" else "text")
+        print_diagnostics(diagnostics, "github" if fmt == "github" else "text", texts)
     return EXIT_ERROR

@@ -22,12 +22,22 @@ from policykit.diagnostics import FORMAT_VERSION, Diagnostic, has_errors, sort_d
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
-def print_diagnostics(diagnostics: Iterable[Diagnostic], fmt: str, stream=None) -> None:
-    """Print diagnostics as ``validate`` does: ``file:line:col: ...`` lines, or
-    ``::error`` annotations for ``github`` (JSON documents embed them instead)."""
+def print_diagnostics(diagnostics: Iterable[Diagnostic], fmt: str, texts: dict[str, str] | None = None,
+                      stream=None) -> None:
+    """Print diagnostics as ``validate`` does - ``file:line:col: ...`` with the
+    source line and a caret (``texts``: file name -> source text, as the loader
+    keeps them), or ``::error`` annotations for ``github`` - on standard error,
+    so that standard output stays the report (JSON documents embed them instead)."""
+    from policykit.commands.validate import snippet
+
     stream = stream or sys.stderr
     for diagnostic in sort_diagnostics(diagnostics):
-        print(diagnostic.format_github() if fmt == "github" else diagnostic.format_text(), file=stream)
+        if fmt == "github":
+            print(diagnostic.format_github(), file=stream)
+            continue
+        print(f"{diagnostic.location}: {diagnostic.severity}: {diagnostic.code}: {diagnostic.message}", file=stream)
+        for line in snippet(diagnostic, texts or {}):
+            print(line, file=stream)
 
 
 def artifact_plan_path(plan) -> Path:
@@ -70,8 +80,9 @@ def run(args) -> int:
                 graph.write(args.graph)
             except (OSError, ValueError) as exc:
                 diagnostics.append(Diagnostic("write-error", f"cannot write the graph: {exc}", args.graph))
+    texts = getattr(loaded, "texts", None)  # source text for snippets, when the loader keeps it
     if not loaded.ok or has_errors(diagnostics):
-        _report_failure(diagnostics, fmt)
+        _report_failure(diagnostics, fmt, texts)
         return EXIT_ERROR
 
     plan = compile_plan(loaded)
@@ -83,7 +94,8 @@ def run(args) -> int:
         try:
             Path(args.out).write_text(plan_json(plan), encoding="utf-8")
         except OSError as exc:
-            _report_failure([*diagnostics, Diagnostic("write-error", f"cannot write the plan: {exc}", args.out)], fmt)
+            _report_failure([*diagnostics, Diagnostic("write-error", f"cannot write the plan: {exc}", args.out)],
+                            fmt, texts)
             return EXIT_ERROR
     status, explanation = artifact_status(plan)
     if fmt == "json":
@@ -92,18 +104,18 @@ def run(args) -> int:
                "diagnostics": [d.to_dict() for d in sort_diagnostics(diagnostics)]}
         print(json.dumps(doc, indent=2))
     else:
-        print_diagnostics(diagnostics, fmt)
+        print_diagnostics(diagnostics, fmt, texts)
         _print_summary(plan, status, explanation)
     return EXIT_OK if status == "up-to-date" else EXIT_CHANGES
 
 
-def _report_failure(diagnostics: list[Diagnostic], fmt: str) -> None:
+def _report_failure(diagnostics: list[Diagnostic], fmt: str, texts: dict[str, str] | None) -> None:
     if fmt == "json":
         doc = {"format_version": FORMAT_VERSION, "status": "error",
                "diagnostics": [d.to_dict() for d in sort_diagnostics(diagnostics)]}
         print(json.dumps(doc, indent=2))
     else:
-        print_diagnostics(diagnostics, fmt)
+        print_diagnostics(diagnostics, fmt, texts)
 
 
 def _print_summary(plan, status: str, explanation: str) -> None:
