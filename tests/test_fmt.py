@@ -129,3 +129,46 @@ def test_shipped_policies_are_fmt_clean():
     out = subprocess.run([sys.executable, "-m", "policykit", "fmt", "--check", *files],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_comment_lines_move_with_the_key_below_them():
+    source = """\
+# File header.
+
+kind: ErasurePolicy
+# About the API version.
+apiVersion: policykit/v1alpha1
+
+# Who owns this.
+metadata:
+  version: 1.0.0  # bump on change
+  # DNS-style.
+  name: x
+erase:
+  - synonyms: [b]
+    # The concept.
+    concept: a
+# Trailing comment.
+"""
+    expected = """\
+# File header.
+
+# About the API version.
+apiVersion: policykit/v1alpha1
+kind: ErasurePolicy
+
+# Who owns this.
+metadata:
+  # DNS-style.
+  name: x
+  version: 1.0.0  # bump on change
+erase:
+  - concept: a
+    # The concept.
+    synonyms: [b]
+# Trailing comment.
+"""
+    text, diagnostics = format_policy(source.encode(), "c.yaml")
+    assert diagnostics == []
+    assert text == expected
+    assert format_policy(text.encode(), "c.yaml")[0] == text

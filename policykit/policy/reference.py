@@ -122,6 +122,26 @@ not a number; `true` is not an integer; `version: 1.0` is a number, so quote
 versions that look like one (`version: "1.0"`), or write all three parts.
 """
 
+_FORMAT = """\
+## Canonical formatting: `policykit fmt`
+
+`policykit fmt FILE...` rewrites policies in one canonical form (atomically);
+`--check` changes nothing and exits 1 naming the files that would change;
+`--diff` prints the change. The canonical form:
+
+- keys in the order of the tables above, at every level; unknown keys are
+  kept after the known ones (validation still reports them);
+- 2-space indentation; list entries indented under their key (`  - concept: ...`);
+- mappings and lists of mappings in block style; a list of plain values
+  keeps the style it was written in (`synonyms: [crimson, scarlet]` may stay
+  on one line);
+- comments, quoting and folded text (`>`) kept; long lines are not wrapped.
+  Comment lines above a key move with the key.
+
+Formatting twice gives the same text. Files that are not valid YAML, or that
+use anchors, tags or duplicate keys, are refused with diagnostics.
+"""
+
 _EDITOR = f"""\
 ## Editor setup
 
@@ -164,10 +184,11 @@ def render_reference() -> str:
         parts.append(f"- [{_title(paths)}](#{_anchor(model)})")
     parts += ["- [`extends`: composing policies](#extends-composing-policies)",
               "- [Limits and safety](#limits-and-safety)",
+              "- [Canonical formatting: `policykit fmt`](#canonical-formatting-policykit-fmt)",
               "- [Editor setup](#editor-setup)", ""]
     for model, paths in sections:
         parts.append(_section(model, paths, schema))
-    parts += [_EXTENDS, _LIMITS, _EDITOR]
+    parts += [_EXTENDS, _LIMITS, _FORMAT, _EDITOR]
     return "\n".join(parts).rstrip("\n") + "\n"
 
 
