@@ -10,7 +10,8 @@ teacher, so no second copy of the model is held)::
 
 ``target`` is ``eps(z_t, t, e*)`` (the anchor's prediction; ``target="anchor"``)
 or, for the ESD preset, ``eps(z_t, t, "") - g (eps(z_t, t, e~) - eps(z_t, t, ""))``
-(``target="esd"``). Squared norms are means over elements, so the weights do
+(``target="negative_guidance"``, ``g`` = ``guidance``; the names are those of
+the compiled plan's ``noise_alignment`` stage). Squared norms are means over elements, so the weights do
 not depend on the latent size; the attention term sums that mean over layers.
 The loss compares U-Net outputs, so it holds for epsilon and v prediction alike.
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 ADAPTER_NAME = "realera"
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-TARGETS = ("anchor", "esd")
+TARGETS = ("anchor", "negative_guidance")
 TIMESTEP_SAMPLING = ("uniform", "importance")
 #: Spread (as a share of the schedule) of the importance weighting around its middle.
 IMPORTANCE_SPREAD = 0.25
@@ -73,7 +74,7 @@ class NoiseAlignmentConfig:
     preserve_weight: float = 1.0  # gamma
     attention_weight: float = 0.1  # gamma_attn
     target: str = "anchor"
-    esd_guidance: float = 1.0
+    guidance: float = 1.0
     timesteps: str = "uniform"
     train_query_and_out: bool = False  # also adapt to_q and to_out.0 of the cross-attention layers
     seed: int = 0
@@ -105,7 +106,7 @@ class NoiseAlignmentData:
     ``erase_weights``: per-sample strength (default 1); ``preserve``:
     preserves, shell samples, the empty prompt; ``latents``: clean latents
     ``(m, C, h, w)``; ``null``: the empty prompt's conditioning ``(L, d)``
-    (needed by ``target="esd"``).
+    (needed by ``target="negative_guidance"``).
     """
 
     erase: "torch.Tensor"
@@ -121,8 +122,8 @@ class NoiseAlignmentData:
             raise ValueError(f"erase conditionings must be (n>0, L, d), got {tuple(self.erase.shape)}")
         if target == "anchor" and (self.erase_targets is None or self.erase_targets.shape != self.erase.shape):
             raise ValueError("target='anchor' needs erase_targets of the same shape as erase")
-        if target == "esd" and self.null is None:
-            raise ValueError("target='esd' needs the empty prompt's conditioning (null)")
+        if target == "negative_guidance" and self.null is None:
+            raise ValueError("target='negative_guidance' needs the empty prompt's conditioning (null)")
         if self.latents.ndim != 4 or self.latents.shape[0] == 0:
             raise ValueError(f"latents must be (m>0, C, h, w), got {tuple(self.latents.shape)}")
 
@@ -443,7 +444,7 @@ class NoiseAlignmentTrainer:
                     null = self.data.null.to(self.device).expand_as(batch.erase)
                     teacher_out = self._predict(noisy, steps, cond)
                     uncond = self._predict(batch.noisy, batch.timesteps, null)
-                    target = uncond - c.esd_guidance * (teacher_out[:n] - uncond)
+                    target = uncond - c.guidance * (teacher_out[:n] - uncond)
                 teacher_maps = dict(teacher_maps)
             # student: the adapted U-Net on the erase and preserve rows
             with self.recorder.recording(keep) as student_maps:
@@ -480,19 +481,19 @@ class NoiseAlignmentTrainer:
             for step in range(1, c.steps + 1):
                 batch = self.sample_batch(generator)
                 terms = self.compute_loss(batch)
-                if not math.isfinite(float(terms.total)):
+                if not math.isfinite(float(terms.total.detach())):
                     raise NonFiniteLossError(
-                        f"noise alignment loss is {float(terms.total)} at step {step} (erase={terms.erase}, "
+                        f"noise alignment loss is {float(terms.total.detach())} at step {step} (erase={terms.erase}, "
                         f"preserve={terms.preserve}, attention={terms.attention}); check the conditionings and "
                         f"latents for NaN/inf, or lower the learning rate (now {c.learning_rate})")
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
                 optimizer.step()
-                report.losses.append(float(terms.total))
+                report.losses.append(float(terms.total.detach()))
                 report.erase.append(terms.erase)
                 report.preserve.append(terms.preserve)
                 report.attention.append(terms.attention)
-                progress.update(task, advance=1, loss=f"{float(terms.total):.4g}")
+                progress.update(task, advance=1, loss=f"{float(terms.total.detach()):.4g}")
         self.unet.eval()
         return report
 

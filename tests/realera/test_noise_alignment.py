@@ -36,7 +36,7 @@ def test_config_validates_itself():
         NoiseAlignmentConfig(rank=0)
 
 
-@pytest.mark.parametrize("target", ["anchor", "esd"])
+@pytest.mark.parametrize("target", ["anchor", "negative_guidance"])
 def test_loss_decreases_and_teacher_is_unchanged(tiny_pipe, target):
     trainer = _trainer(tiny_pipe, target=target)
     unet = trainer.unet
