@@ -244,3 +244,11 @@ def test_plan_command_fails_on_invalid_policy(tmp_path, capsys):
     path = write(tmp_path, edit(POLICY, "radius: 0.3", "radius: -1"))
     assert main(["plan", str(path)]) == 1
     assert "error" in capsys.readouterr().err
+
+
+def test_a_bare_policy_compiles_without_source_hashes(tmp_path):
+    loaded = load_policy(write(tmp_path))
+    from_loaded, from_policy = compile_plan(loaded), compile_plan(loaded.policy)
+    assert from_policy.inputs.sources == () and from_loaded.inputs.sources[0].path == "policy.yaml"
+    assert from_policy.erase == from_loaded.erase and from_policy.stages == from_loaded.stages
+    assert from_policy.plan_hash != from_loaded.plan_hash
