@@ -91,7 +91,10 @@ def test_comments_survive():
     (b"a: [1, 2\n", "yaml-syntax"),
     (b"- a\n", "not-a-mapping"),
     (b"a: \xff\n", "not-utf8"),
-])
+    (b"a: 1e999\n", "not-finite"),
+    (b"a: " + b"9" * 5000 + b"\n", "number-too-large"),
+    (b"[" * 10_000, "too-deep"),
+], ids=["alias", "tag", "duplicate", "syntax", "list", "latin1", "inf", "huge-int", "deep"])
 def test_invalid_yaml_is_refused(data, code):
     text, diagnostics = format_policy(data, "bad.yaml")
     assert text is None

@@ -67,3 +67,12 @@ def test_checked_in_reference_is_current():
 
     checked_in = (REPO / "docs" / "policy-reference.md").read_text(encoding="utf-8")
     assert checked_in == render_reference(), f"reference is stale; run: {REGENERATE_REFERENCE}"
+
+
+def test_schema_out_writes_the_file(tmp_path):
+    from policykit.cli import main
+
+    out = tmp_path / "sub" / "schema.json"
+    assert main(["schema", "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == json_schema_text()
+    assert json.loads(out.read_text())["title"] == "ErasurePolicy (policykit/v1alpha1)"

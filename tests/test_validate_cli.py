@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -81,3 +82,15 @@ def test_validate_is_fast():
     elapsed = float(out.stdout.rsplit("ELAPSED", 1)[1])
     # 0.3 s on an idle machine; the bound leaves room for a busy CI runner.
     assert elapsed < 1.5, elapsed
+
+
+def test_terminal_output_is_rich_with_the_same_content(monkeypatch, capsys):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["validate", BAD]) == 1
+    raw = capsys.readouterr().out
+    assert "\x1b[" in raw  # coloured
+    out = re.sub(r"\x1b\[[0-9;]*m", "", raw)
+    assert "9:5: error: unknown-key: unknown key 'radiuss'" in out
+    assert "   9 |     radiuss: 0.3" in out
+    assert "many-problems.yaml: invalid" in out

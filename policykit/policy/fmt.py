@@ -35,8 +35,6 @@ from policykit.policy.yaml_tree import parse_yaml
 #: Stands for "after the last key" among the keys of a mapping.
 _END = object()
 
-# Problems of values, not of YAML: formatting such a file is still safe.
-_VALUE_PROBLEMS = {"not-finite", "number-too-large"}
 
 
 def format_policy(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]:
@@ -47,19 +45,26 @@ def format_policy(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]
     refused before ruamel.yaml's round-trip loader ever sees it.
     """
     parsed = parse_yaml(data, file)
-    errors = [d for d in parsed.diagnostics if d.severity == "error" and d.code not in _VALUE_PROBLEMS]
+    # Any problem the safe reader finds is refused, even a value one such as
+    # 1e999: the round-trip writer would rewrite it (as .inf), not keep it.
+    errors = [d for d in parsed.diagnostics if d.severity == "error"]
     if errors or parsed.root is None or parsed.text is None:
         return None, errors or parsed.diagnostics
     if not isinstance(parsed.root.value, dict):
         return None, [Diagnostic("not-a-mapping", "a policy is a mapping of keys, not a list or a single value",
                                  file, parsed.root.mark.line, parsed.root.mark.col)]
-    yaml = _round_trip_yaml()
-    document = yaml.load(parsed.text)
+    from ruamel.yaml.error import YAMLError
+
     from policykit.policy.schema import Policy
 
-    _canonicalize(document, Policy)
-    out = io.StringIO()
-    yaml.dump(document, out)
+    yaml = _round_trip_yaml()
+    try:
+        document = yaml.load(parsed.text)
+        _canonicalize(document, Policy)
+        out = io.StringIO()
+        yaml.dump(document, out)
+    except (YAMLError, ValueError, TypeError) as exc:  # the reader accepted what ruamel's round trip cannot
+        return None, [Diagnostic("fmt-error", f"cannot format this file: {exc.__class__.__name__}: {exc}", file)]
     return out.getvalue(), []
 
 
