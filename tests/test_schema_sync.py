@@ -76,3 +76,18 @@ def test_schema_out_writes_the_file(tmp_path):
     assert main(["schema", "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == json_schema_text()
     assert json.loads(out.read_text())["title"] == "ErasurePolicy (policykit/v1alpha1)"
+
+
+def test_every_diagnostic_code_is_documented():
+    import re
+
+    from policykit.policy.reference import DIAGNOSTIC_CODES
+
+    sources = "".join((REPO / "policykit" / "policy" / name).read_text()
+                      for name in ("yaml_tree.py", "loader.py", "schema_errors.py", "fmt.py"))
+    emitted = set(re.findall(r'Diagnostic\(\s*"([a-z0-9-]+)"', sources))
+    emitted |= set(re.findall(r'(?:self\.error|self\._error)\(\s*"([a-z0-9-]+)"', sources))
+    emitted |= set(re.findall(r'return "([a-z-]+)", f?"', sources))
+    emitted |= {"yaml-anchor", "yaml-alias"}  # built as f"yaml-{what}"
+    assert len(emitted) > 20
+    assert emitted <= set(DIAGNOSTIC_CODES), emitted - set(DIAGNOSTIC_CODES)

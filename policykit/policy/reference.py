@@ -122,6 +122,40 @@ not a number; `true` is not an integer; `version: 1.0` is a number, so quote
 versions that look like one (`version: "1.0"`), or write all three parts.
 """
 
+#: Every diagnostic code loading and formatting can report, and what it means.
+DIAGNOSTIC_CODES = {
+    "unknown-key": "a key the schema does not have at that place (with a suggestion when one is close)",
+    "missing-field": "a required key is missing; points at the mapping that should hold it",
+    "wrong-type": "a value of the wrong type (a string where a number goes, a list where a mapping goes, ...)",
+    "invalid-value": "a value outside the allowed set (`kind`, `category`, ...) or failing a check",
+    "out-of-range": "a number, text or list outside its bounds",
+    "invalid-format": "text that does not match its format (name, semantic version, sha256)",
+    "duplicate-key": "a key written twice in one mapping",
+    "complex-key": "a key that is a list or a mapping",
+    "yaml-syntax": "the file is not valid YAML",
+    "yaml-anchor": "an anchor (`&name`); not allowed",
+    "yaml-alias": "an alias (`*name`); not allowed",
+    "yaml-tag": "a tag (`!!python/object`, `!include`, ...); not allowed",
+    "multiple-documents": "more than one YAML document in the file",
+    "empty-file": "the file holds no YAML document",
+    "not-a-mapping": "the top level is a list or a single value",
+    "not-finite": "`.inf`, `.nan` or a number too large for a float (`1e999`)",
+    "number-too-large": "an integer with too many digits",
+    "not-utf8": "bytes that are not UTF-8; points at the first one",
+    "invalid-character": "a NUL byte or another control character",
+    "file-too-large": "the file is over the size limit",
+    "too-deep": "nesting deeper than the limit",
+    "too-many-values": "more YAML values than the limit",
+    "too-many-problems": "(note) more problems than are shown",
+    "file-not-found": "the policy, or a file it extends, does not exist",
+    "read-error": "the file could not be read",
+    "extends-cycle": "files extend each other in a cycle; the message shows the chain",
+    "extends-outside-root": "an `extends` path that is absolute or leaves the policy's directory",
+    "extends-too-deep": "`extends` nested deeper than the limit",
+    "extends-too-many": "more files through `extends` than the limit",
+    "fmt-error": "`policykit fmt` could not round-trip the file",
+}
+
 _FORMAT = """\
 ## Canonical formatting: `policykit fmt`
 
@@ -184,12 +218,23 @@ def render_reference() -> str:
         parts.append(f"- [{_title(paths)}](#{_anchor(model)})")
     parts += ["- [`extends`: composing policies](#extends-composing-policies)",
               "- [Limits and safety](#limits-and-safety)",
+              "- [Diagnostic codes](#diagnostic-codes)",
               "- [Canonical formatting: `policykit fmt`](#canonical-formatting-policykit-fmt)",
               "- [Editor setup](#editor-setup)", ""]
     for model, paths in sections:
         parts.append(_section(model, paths, schema))
-    parts += [_EXTENDS, _LIMITS, _FORMAT, _EDITOR]
+    parts += [_EXTENDS, _LIMITS, _codes(), _FORMAT, _EDITOR]
     return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def _codes() -> str:
+    lines = ["## Diagnostic codes", "",
+             "Every problem is reported as `file:line:col: error: CODE: message`. Codes are stable",
+             "(tools may branch on them); messages are for people and may change. The concept",
+             "graph adds its own codes (conflicts, cycles) on top of these.", "",
+             "| Code | Meaning |", "|---|---|"]
+    lines += [f"| `{code}` | {meaning} |" for code, meaning in DIAGNOSTIC_CODES.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _sections() -> list[tuple[type[BaseModel], list[str]]]:
