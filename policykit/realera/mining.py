@@ -281,6 +281,29 @@ def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str
     return result
 
 
+def encode_concept(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *,
+                   leak_padding: int | None = 4) -> MinedSamples:
+    """The unperturbed concept (one sample per template, ``rho = 0``) in the same shape as mined samples.
+
+    Used for the concept itself and its synonyms (erase side, paired with the
+    anchor) and for explicit preserves (pass ``anchor=concept``: only
+    ``embeddings`` matter there), so later stages treat every source alike.
+    """
+    import torch
+
+    result = MinedSamples(space="none", low=0.0, high=0.0)
+    for template in templates:
+        aligned = align_with_anchor(tokenizer, template, concept, anchor, leak_padding)
+        ids = tokenize(tokenizer, [aligned.concept.prompt, aligned.anchor.prompt])
+        base = encode_ids(text_encoder, ids.input_ids, ids.attention_mask).float()
+        zero = torch.zeros(1, dtype=torch.float64)
+        result.templates.append(TemplateSamples(
+            aligned=aligned, embeddings=base[:1, list(aligned.concept_positions)],
+            anchors=base[1, list(aligned.anchor_positions)], sequences=base[:1], relative_radius=zero,
+            cosine=torch.ones(1, dtype=torch.float64), drawn=0, shortfall=0))
+    return result
+
+
 def mine_neighbors(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
                    radius: float, seed: int, min_cosine: float | None = None, space: str = "token",
                    leak_padding: int | None = 4, batch_size: int = 32) -> MinedSamples:

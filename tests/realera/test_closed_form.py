@@ -101,3 +101,39 @@ def test_erased_map_to_anchor_and_preserved_keep_theirs(tiny_pipe):
         assert (e @ w_new.T - e_star @ w.T).norm() < 1e-3 * change
         assert (p @ w_new.T - p @ w.T).norm() < 1e-3 * change
         assert (w_new - w).norm() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_layers_are_solved_in_float64_and_cast_back(dtype):
+    g = torch.Generator().manual_seed(7)
+    d = 16
+    layer = torch.nn.Linear(d, 8, bias=False).to(dtype)
+    e, e_star, p = torch.randn(4, d, generator=g), torch.randn(4, d, generator=g), torch.randn(3, d, generator=g)
+    system = ClosedFormSystem(d)
+    system.add_erase(e.to(dtype), e_star.to(dtype), 1.0)
+    system.add_preserve(p.to(dtype), 2.0)
+    edited = refine_weights({"l": layer}, system.right_factor(0.5))["l.weight"]
+    assert edited.dtype == dtype
+    w = layer.weight.detach().double()
+    reference = _least_squares(w, e.to(dtype).double(), e_star.to(dtype).double(), torch.ones(4, dtype=torch.float64),
+                               p.to(dtype).double(), torch.full((3,), 2.0, dtype=torch.float64), 0.5)
+    # only the final rounding to the layer's dtype separates the result from the float64 reference:
+    # every entry is as close to it as the reference rounded to that dtype
+    rounding = (reference.to(dtype).double() - reference).abs()
+    assert bool(((edited.double() - reference).abs() <= rounding + 1e-9).all())
+    assert float(rounding.max()) > 0  # the check is not vacuous: rounding does happen
+
+
+def test_apply_weights_reaches_through_a_lora_wrapper(tiny_pipe):
+    from peft import LoraConfig
+
+    unet = copy.deepcopy(tiny_pipe.unet)
+    names = sorted(find_cross_attention_projections(unet))
+    unet.add_adapter(LoraConfig(r=2, target_modules=names))
+    found = find_cross_attention_projections(unet)
+    assert sorted(found) == names  # the wrapped projections are still found, as their base Linear
+    new = {f"{n}.weight": torch.full_like(layer.weight, 0.5) for n, layer in found.items()}
+    apply_weights(unet, new)
+    assert all(bool((layer.weight == 0.5).all()) for layer in find_cross_attention_projections(unet).values())
+    with pytest.raises(KeyError):
+        apply_weights(unet, {"nope.weight": torch.zeros(1)})

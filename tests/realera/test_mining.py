@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from policykit.realera.mining import (encode_prompts, mine_beyond, mine_neighbors, phrase_distances,
+from policykit.realera.mining import (encode_concept, encode_prompts, mine_beyond, mine_neighbors, phrase_distances,
                                       sample_perturbations, stream_generator, tokens_within_radius)
 from policykit.realera.prompts import locate_concept
 
@@ -109,3 +109,17 @@ def test_phrase_distances(tiny_pipe, space):
     assert got[0].relative_distance == pytest.approx(0, abs=1e-6) and got[0].inside
     assert got[1].relative_distance > 0.1 and not got[1].inside
     assert got[2].relative_distance > 0.1 and not got[2].inside
+
+
+def test_encode_concept_is_the_unperturbed_sample(tiny_pipe):
+    enc, tok = tiny_pipe.text_encoder, tiny_pipe.tokenizer
+    exact = encode_concept(enc, tok, TEMPLATES, "mickey mouse", "a cat", leak_padding=2)
+    assert exact.count == 2 and exact.acceptance_rate == 1.0
+    for t in exact.templates:
+        full = encode_prompts(enc, tok, [t.aligned.concept.prompt, t.aligned.anchor.prompt])
+        assert torch.equal(t.sequences[0], full[0])
+        assert torch.equal(t.embeddings[0], full[0][list(t.aligned.concept_positions)])
+        assert torch.equal(t.anchors, full[1][list(t.aligned.anchor_positions)])
+    # a tiny radius gives neighbors next to the exact concept
+    near = mine_neighbors(enc, tok, TEMPLATES, "mickey mouse", "a cat", count=3, radius=1e-4, seed=0, leak_padding=2)
+    assert torch.allclose(near.templates[0].embeddings, exact.templates[0].embeddings.expand(3, -1, -1), atol=1e-3)

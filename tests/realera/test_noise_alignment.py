@@ -127,3 +127,13 @@ def test_training_latents_are_generated_once_and_cached(tiny_pipe, tmp_path):
     from safetensors.torch import save_file
     save_file({"latents": torch.zeros(2, 4, 8, 8)}, str(files[0]))
     assert torch.equal(generate_training_latents(tiny_pipe, ["a photo of a cat"], **kwargs), torch.zeros(2, 4, 8, 8))
+
+
+def test_half_precision_unet_trains_a_float32_adapter(tiny_pipe):
+    unet = copy.deepcopy(tiny_pipe.unet).to(torch.bfloat16)
+    config = NoiseAlignmentConfig(rank=2, steps=3, learning_rate=1e-2, batch_size=2, progress=False)
+    trainer = NoiseAlignmentTrainer(unet, tiny_pipe.scheduler, _data(tiny_pipe), config)
+    report = trainer.train()
+    assert all(torch.isfinite(torch.tensor(report.losses)))
+    assert {p.dtype for p in trainer.parameters} == {torch.float32}
+    assert all(p.dtype == torch.bfloat16 for n, p in unet.named_parameters() if "lora_" not in n)
