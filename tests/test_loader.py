@@ -196,3 +196,29 @@ def test_data_is_the_merged_plain_data():
     loaded = load_policy(FIXTURES / "good-minimal.yaml")
     assert loaded.data["erase"] == [{"concept": "red circle"}]
     assert loaded.data["metadata"] == {"name": "minimal", "version": "0.1.0"}
+
+
+def test_extends_file_count_is_bounded(tmp_path):
+    from policykit.policy.loader import MAX_EXTENDS_FILES
+
+    names = [f"b{i}.yaml" for i in range(MAX_EXTENDS_FILES + 5)]
+    for name in names:
+        _write(tmp_path, name, "defaults: {strength: 0.5}\n")
+    loaded = load_policy(_write(tmp_path, "p.yaml", MINIMAL + f"extends: [{', '.join(names)}]\n"))
+    assert [d.code for d in loaded.diagnostics].count("extends-too-many") == 6
+    assert len(loaded.sources) == MAX_EXTENDS_FILES
+
+
+def test_extends_must_be_a_list_of_paths(tmp_path):
+    loaded = load_policy(_write(tmp_path, "p.yaml", MINIMAL + "extends: base.yaml\n"))
+    assert [(d.code, d.line, d.col) for d in loaded.diagnostics] == [("wrong-type", 10, 10)]
+
+
+def test_a_diamond_merges_each_base_once(tmp_path):
+    _write(tmp_path, "root.yaml", "audit:\n  probes:\n    - {prompt: a red circle, expect: erased}\n")
+    _write(tmp_path, "left.yaml", "extends: [root.yaml]\n")
+    _write(tmp_path, "right.yaml", "extends: [./root.yaml]\n")
+    loaded = load_policy(_write(tmp_path, "p.yaml", MINIMAL + "extends: [left.yaml, right.yaml]\n"))
+    assert loaded.ok, loaded.diagnostics
+    assert len(loaded.policy.audit.probes) == 1
+    assert [p.name for p in loaded.sources] == ["root.yaml", "left.yaml", "right.yaml", "p.yaml"]

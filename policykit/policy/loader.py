@@ -125,6 +125,7 @@ class _Loader:
         self.trees: dict[str, Node] = {}  # file -> its tree, in merge order
         self.sources: list[Path] = []
         self.failed = False  # some file could not be read or parsed
+        self.files_read = 0
 
     def load(self) -> LoadedPolicy:
         top_name = str(self.top)
@@ -149,9 +150,10 @@ class _Loader:
         if len(chain) > MAX_EXTENDS_DEPTH:
             self._error("extends-too-deep", f"extends chain deeper than {MAX_EXTENDS_DEPTH} files", via)
             return
-        if len(self.trees) >= MAX_EXTENDS_FILES:
+        if self.files_read >= MAX_EXTENDS_FILES:
             self._error("extends-too-many", f"more than {MAX_EXTENDS_FILES} files through extends", via)
             return
+        self.files_read += 1
         tree = self._read_tree(path, name, via)
         if tree is None:
             return
@@ -195,6 +197,7 @@ class _Loader:
         if not isinstance(node.value, list):
             self._error("wrong-type", f"extends: expected a list of paths, got {_describe(node.value)}", node.mark)
             self.reported.add(node.mark)
+            self.failed = True
             return []
         refs = []
         for item in node.value:
@@ -203,6 +206,7 @@ class _Loader:
             else:
                 self._error("wrong-type", f"extends: expected a path, got {_describe(item.value)}", item.mark)
                 self.reported.add(item.mark)
+                self.failed = True
         return refs
 
     def _resolve_ref(self, ref: str, name: str, mark: Mark) -> str | None:
