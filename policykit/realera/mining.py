@@ -48,7 +48,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from policykit.realera.prompts import AlignedPrompt, ConceptPositions, align_with_anchor, locate_concept, tokenize
+from policykit.realera.prompts import (DEFAULT_LEAK_PADDING, AlignedPrompt, ConceptPositions, align_with_anchor,
+                                      locate_concept, tokenize)
 
 if TYPE_CHECKING:
     import torch
@@ -179,13 +180,15 @@ class TemplateSamples:
     ``embeddings`` ``(n, P, d)``: encoder outputs at the concept positions;
     ``anchors`` ``(P, d)``: the anchor prompt's outputs at the partner
     positions (shared by all samples of the template); ``sequences``
-    ``(n, L, d)``: the full conditionings; all float32.
+    ``(n, L, d)``: the full conditionings; ``anchor_sequence`` ``(L, d)``: the
+    anchor prompt's full conditioning; all float32.
     """
 
     aligned: AlignedPrompt
     embeddings: "torch.Tensor"
     anchors: "torch.Tensor"
     sequences: "torch.Tensor"
+    anchor_sequence: "torch.Tensor"
     relative_radius: "torch.Tensor"
     cosine: "torch.Tensor"
     drawn: int
@@ -226,6 +229,14 @@ class MinedSamples:
         for t in self.templates:
             yield t.embeddings, t.anchors.expand_as(t.embeddings)
 
+    def conditioning_pairs(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """``(sequences, anchor sequences)``, both ``(count, L, d)``: erase inputs and targets for noise alignment."""
+        import torch
+
+        seqs = [t.sequences for t in self.templates]
+        anchors = [t.anchor_sequence.expand_as(t.sequences) for t in self.templates]
+        return torch.cat(seqs), torch.cat(anchors)
+
     def embedding_rows(self) -> "torch.Tensor":
         """Every sample's outputs at its concept positions as ``(rows, d)`` (preserve side of the closed form)."""
         import torch
@@ -235,7 +246,7 @@ class MinedSamples:
 
 def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
                  low: float, high: float, seed: int, space: str = "token", min_cosine: float | None = None,
-                 leak_padding: int | None = 4, batch_size: int = 32, purpose: str = "neighbors") -> MinedSamples:
+                 leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32, purpose: str = "neighbors") -> MinedSamples:
     """Draw ``count`` samples per template with ``low < rho/||t|| <= high`` and encode them.
 
     ``purpose`` only separates random streams (``"neighbors"`` vs ``"beyond"``).
@@ -276,13 +287,14 @@ def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str
         sequences = torch.cat(sequences) if sequences else base[:0]
         result.templates.append(TemplateSamples(
             aligned=aligned, embeddings=sequences[:, positions], anchors=anchors, sequences=sequences,
+            anchor_sequence=base[1],
             relative_radius=drawn.relative_radius, cosine=drawn.cosine, drawn=drawn.drawn,
             shortfall=drawn.shortfall))
     return result
 
 
 def encode_concept(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *,
-                   leak_padding: int | None = 4) -> MinedSamples:
+                   leak_padding: int | None = DEFAULT_LEAK_PADDING) -> MinedSamples:
     """The unperturbed concept (one sample per template, ``rho = 0``) in the same shape as mined samples.
 
     Used for the concept itself and its synonyms (erase side, paired with the
@@ -299,14 +311,15 @@ def encode_concept(text_encoder, tokenizer, templates: Sequence[str], concept: s
         zero = torch.zeros(1, dtype=torch.float64)
         result.templates.append(TemplateSamples(
             aligned=aligned, embeddings=base[:1, list(aligned.concept_positions)],
-            anchors=base[1, list(aligned.anchor_positions)], sequences=base[:1], relative_radius=zero,
+            anchors=base[1, list(aligned.anchor_positions)], sequences=base[:1], anchor_sequence=base[1],
+            relative_radius=zero,
             cosine=torch.ones(1, dtype=torch.float64), drawn=0, shortfall=0))
     return result
 
 
 def mine_neighbors(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
                    radius: float, seed: int, min_cosine: float | None = None, space: str = "token",
-                   leak_padding: int | None = 4, batch_size: int = 32) -> MinedSamples:
+                   leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32) -> MinedSamples:
     """Stage 1: ``count`` neighbors per template with ``rho/||t|| <= radius`` and the cosine floor."""
     return mine_samples(text_encoder, tokenizer, templates, concept, anchor, count=count, low=0.0, high=radius,
                         seed=seed, space=space, min_cosine=min_cosine, leak_padding=leak_padding,
@@ -315,7 +328,7 @@ def mine_neighbors(text_encoder, tokenizer, templates: Sequence[str], concept: s
 
 def mine_beyond(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
                 radius: float, beyond_radius: float | None, seed: int, space: str = "token",
-                min_cosine: float | None = None, leak_padding: int | None = 4, batch_size: int = 32) -> MinedSamples:
+                min_cosine: float | None = None, leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32) -> MinedSamples:
     """Stage 2: ``count`` shell samples per template with ``radius < rho/||t|| <= beyond_radius`` (default 2 x radius)."""
     beyond = 2 * radius if beyond_radius is None else beyond_radius
     if beyond <= radius:
@@ -378,7 +391,7 @@ def tokens_within_radius(text_encoder, tokenizer, located: ConceptPositions, rad
 
 
 def phrase_distances(text_encoder, tokenizer, template: str, concept: str, phrases: Sequence[str], radius: float,
-                     space: str = "token", leak_padding: int | None = 4) -> list[PhraseDistance]:
+                     space: str = "token", leak_padding: int | None = DEFAULT_LEAK_PADDING) -> list[PhraseDistance]:
     """Relative distance of each phrase from the concept at ``template``, and whether it is inside ``radius``."""
     import torch
 

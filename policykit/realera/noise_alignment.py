@@ -372,8 +372,9 @@ class NoiseAlignmentTrainer:
         lora = LoraConfig(r=c.rank, lora_alpha=c.lora_alpha or c.rank, init_lora_weights=True,
                           target_modules=cross_attention_lora_targets(self.unet, c.train_query_and_out))
         self.unet.requires_grad_(False)
-        torch.manual_seed(c.seed)  # peft draws lora_A from the global generator
-        self.unet.add_adapter(lora, adapter_name=c.adapter_name)
+        with torch.random.fork_rng():  # peft draws lora_A from the global generator: seed it, locally
+            torch.manual_seed(c.seed)
+            self.unet.add_adapter(lora, adapter_name=c.adapter_name)
         self.parameters = [p for n, p in self.unet.named_parameters() if "lora_" in n]
         for p in self.parameters:
             p.data = p.data.float()  # keep the adapter in float32 under a half-precision U-Net

@@ -58,6 +58,9 @@ def test_mining_is_deterministic_and_paired_with_anchor(tiny_pipe, space):
         before = positions[0]
         # causal encoder: positions before the concept never change
         assert torch.allclose(t.sequences[:, :before], concept[:before].expand(6, -1, -1), atol=1e-5)
+    seqs, anchor_seqs = a.conditioning_pairs()
+    assert seqs.shape == anchor_seqs.shape == (12, 16, 32)
+    assert torch.equal(anchor_seqs[0], encode_prompts(enc, tok, [a.templates[0].aligned.anchor.prompt])[0])
     pairs = list(a.erase_pairs())
     assert len(pairs) == 2 and pairs[0][0].shape == pairs[0][1].shape
     assert a.embedding_rows().shape[1] == 32

@@ -137,3 +137,15 @@ def test_half_precision_unet_trains_a_float32_adapter(tiny_pipe):
     assert all(torch.isfinite(torch.tensor(report.losses)))
     assert {p.dtype for p in trainer.parameters} == {torch.float32}
     assert all(p.dtype == torch.bfloat16 for n, p in unet.named_parameters() if "lora_" not in n)
+
+
+def test_same_seed_same_adapter(tiny_pipe):
+    runs = []
+    for _ in range(2):
+        trainer = _trainer(tiny_pipe, steps=3)
+        report = trainer.train()
+        runs.append((report.losses, [p.detach().clone() for p in trainer.parameters]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    other = _trainer(tiny_pipe, steps=3, seed=1).train()
+    assert other.losses != runs[0][0]
