@@ -195,3 +195,16 @@ def test_cli_rejects_nasty_input_within_a_timeout(tmp_path, payload):
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr
     assert '"valid": false' in out.stdout
+
+
+@pytest.mark.parametrize("escape", [b"\\0", b"\\x07", b"\\ud800", b"\\e"], ids=["nul", "bell", "surrogate", "escape"])
+def test_escaped_control_characters_in_strings_are_refused(tmp_path, escape):
+    loaded = _load(tmp_path, _with_value(b'    anchor: "a' + escape + b'b"'))
+    assert [(d.code, d.line, d.col) for d in loaded.diagnostics] == [("invalid-character", 10, 13)]
+
+
+def test_merge_keys_get_a_specific_message(tmp_path):
+    loaded = _load(tmp_path, MINIMAL + b"<<: {kind: ErasurePolicy}\n")
+    [diagnostic] = loaded.diagnostics
+    assert (diagnostic.code, diagnostic.line, diagnostic.col) == ("unknown-key", 10, 1)
+    assert "merge keys are not supported" in diagnostic.message

@@ -142,7 +142,7 @@ DIAGNOSTIC_CODES = {
     "not-finite": "`.inf`, `.nan` or a number too large for a float (`1e999`)",
     "number-too-large": "an integer with too many digits",
     "not-utf8": "bytes that are not UTF-8; points at the first one",
-    "invalid-character": "a NUL byte or another control character",
+    "invalid-character": "a NUL byte or another control character, also written as an escape (`\\0`, `\\x07`) in a quoted string",
     "file-too-large": "the file is over the size limit",
     "too-deep": "nesting deeper than the limit",
     "too-many-values": "more YAML values than the limit",

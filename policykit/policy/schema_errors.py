@@ -125,6 +125,8 @@ def describe_error(model: type[BaseModel], error: dict, loc: tuple) -> tuple[str
         key = str(loc[-1])
         parent = model_at(model, loc[:-1])
         message = f"unknown key '{key}' in {where}"
+        if key == "<<":
+            return "unknown-key", f"{message}: YAML merge keys are not supported; write the values out or use extends"
         if parent is not None:
             close = difflib.get_close_matches(key, field_names(parent), n=1, cutoff=0.6)
             if close:

@@ -101,6 +101,9 @@ _NAN = re.compile(r"^\.(?:nan|NaN|NAN)$")
 
 # YAML 1.2 printable characters (c-printable), minus the byte-order mark
 # anywhere but at the start: anything else is a control character.
+# In a string value, after escapes are decoded ("\0", "\x07", "\ud800"):
+# control characters (newline and tab excepted) and lone surrogates.
+_BAD_IN_STRING = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -252,6 +255,11 @@ class _Composer:
 
     def _scalar(self, event: Any, mark: Mark) -> Any:
         text = event.value
+        bad = _BAD_IN_STRING.search(text)
+        if bad:
+            self.error("invalid-character", f"escaped control character U+{ord(bad.group()):04X} in a string", mark)
+            self.reported.add(mark)
+            return text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
         if event.style is not None or event.tag is not None:  # quoted or block scalar: a string
             return text
         if _NULL.match(text):
