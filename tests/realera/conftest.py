@@ -117,3 +117,9 @@ def clip_tokenizer():
 def openclip_tokenizer():
     """SD 2.x-style tokenizer (pad = "!", id 0)."""
     return build_clip_tokenizer(pad_token="!")
+
+
+@pytest.fixture(scope="session")
+def openclip_text_encoder(openclip_tokenizer):
+    """A random 16-wide text encoder for the SD 2.x-style tokenizer."""
+    return build_text_encoder(openclip_tokenizer, hidden_size=16, seed=1)

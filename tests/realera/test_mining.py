@@ -126,3 +126,15 @@ def test_encode_concept_is_the_unperturbed_sample(tiny_pipe):
     # a tiny radius gives neighbors next to the exact concept
     near = mine_neighbors(enc, tok, TEMPLATES, "mickey mouse", "a cat", count=3, radius=1e-4, seed=0, leak_padding=2)
     assert torch.allclose(near.templates[0].embeddings, exact.templates[0].embeddings.expand(3, -1, -1), atol=1e-3)
+
+
+def test_mining_with_an_openclip_style_tokenizer(openclip_tokenizer, openclip_text_encoder):
+    enc = openclip_text_encoder
+    mined = mine_neighbors(enc, openclip_tokenizer, TEMPLATES, "mickey mouse", "", count=4, radius=0.4, seed=0,
+                           leak_padding=3)
+    for t in mined.templates:
+        c = t.aligned.concept
+        # span, EOS, then three "!" padding positions; the anchor side ends at its own EOS and padding
+        assert [c.input_ids[i] for i in c.leak] == [openclip_tokenizer.eos_token_id] + [0] * 3
+        assert t.embeddings.shape == (4, 2 + 4, 16)
+        assert t.aligned.anchor_positions[-4:] == t.aligned.anchor.leak
