@@ -39,11 +39,15 @@ def test_json_format(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["format_version"] == 1 and doc["valid"] is False
     by_file = {f["file"]: f for f in doc["files"]}
-    assert by_file[GOOD] == {"file": GOOD, "valid": True, "diagnostics": []}
+    assert by_file[GOOD] == {"file": GOOD, "valid": True, "sources": [GOOD], "diagnostics": []}
     first = by_file[BAD]["diagnostics"][0]
     assert (first["code"], first["line"], first["col"], first["file"]) == ("invalid-value", 1, 13, BAD)
     assert main(["validate", "--format", "json", GOOD]) == 0
     assert json.loads(capsys.readouterr().out)["valid"] is True
+    child = FIXTURES / "extends" / "child.yaml"
+    assert main(["validate", "--json", str(child)]) == 0
+    sources = json.loads(capsys.readouterr().out)["files"][0]["sources"]
+    assert [Path(s).name for s in sources] == ["base.yaml", "child.yaml"]
 
 
 def test_github_format(capsys):

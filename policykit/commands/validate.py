@@ -11,9 +11,27 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from policykit.diagnostics import FORMAT_VERSION, Diagnostic, has_errors, sort_diagnostics
+
+
+@dataclass
+class FileResult:
+    """What validating one policy file found."""
+
+    file: str
+    diagnostics: list[Diagnostic]
+    #: Source text of each file read, for snippets.
+    texts: dict[str, str]
+    #: The file and every file it extends, bases first.
+    sources: list[str]
+
+    @property
+    def valid(self) -> bool:
+        """True when no diagnostic is an error."""
+        return not has_errors(self.diagnostics)
 
 
 def run(args: Any) -> int:
@@ -26,17 +44,17 @@ def run(args: Any) -> int:
         diagnostics = list(loaded.diagnostics)
         if loaded.ok:
             diagnostics += graph_diagnostics(loaded)
-        results.append((file, sort_diagnostics(diagnostics), loaded.texts))
+        results.append(FileResult(file, sort_diagnostics(diagnostics), loaded.texts, [str(p) for p in loaded.sources]))
     fmt = getattr(args, "format", "text")
     if fmt == "json":
         print(validation_json(results))
     elif fmt == "github":
-        for _, diagnostics, _ in results:
-            for diagnostic in diagnostics:
+        for result in results:
+            for diagnostic in result.diagnostics:
                 print(diagnostic.format_github())
     else:
         print_text(results)
-    return 1 if any(has_errors(d) for _, d, _ in results) else 0
+    return 0 if all(r.valid for r in results) else 1
 
 
 def graph_diagnostics(loaded: Any) -> list[Diagnostic]:
@@ -52,14 +70,15 @@ def graph_diagnostics(loaded: Any) -> list[Diagnostic]:
                            str(loaded.path))]
 
 
-def validation_json(results: list[tuple[str, list[Diagnostic], dict]]) -> str:
-    """The ``--json`` document: overall verdict and, per file, its diagnostics."""
+def validation_json(results: list[FileResult]) -> str:
+    """The ``--json`` document: overall verdict and, per file, its diagnostics
+    and ``sources`` (the file and every file it extends, bases first)."""
     doc = {
         "format_version": FORMAT_VERSION,
-        "valid": not any(has_errors(d) for _, d, _ in results),
-        "files": [{"file": file, "valid": not has_errors(diagnostics),
-                   "diagnostics": [d.to_dict() for d in diagnostics]}
-                  for file, diagnostics, _ in results],
+        "valid": all(r.valid for r in results),
+        "files": [{"file": r.file, "valid": r.valid, "sources": r.sources,
+                   "diagnostics": [d.to_dict() for d in r.diagnostics]}
+                  for r in results],
     }
     return json.dumps(doc, indent=2)
 
@@ -84,32 +103,32 @@ def snippet(diagnostic: Diagnostic, texts: dict[str, str]) -> list[str]:
     return [gutter + line.expandtabs(1)] + ([caret] if caret else [])
 
 
-def print_text(results: list[tuple[str, list[Diagnostic], dict]]) -> None:
+def print_text(results: list[FileResult]) -> None:
     """Human output: rich colours on a terminal, plain text otherwise."""
     if sys.stdout.isatty():
         _print_rich(results)
         return
-    for file, diagnostics, texts in results:
-        for d in diagnostics:
+    for result in results:
+        for d in result.diagnostics:
             print(f"{d.location}: {d.severity}: {d.code}: {d.message}")
-            for line in snippet(d, texts):
+            for line in snippet(d, result.texts):
                 print(line)
-        print(f"{file}: {'invalid' if has_errors(diagnostics) else 'valid'}")
+        print(f"{result.file}: {'valid' if result.valid else 'invalid'}")
 
 
-def _print_rich(results: list[tuple[str, list[Diagnostic], dict]]) -> None:
+def _print_rich(results: list[FileResult]) -> None:
     from rich.console import Console
     from rich.markup import escape
 
     console = Console(highlight=False)
     colour = {"error": "bold red", "warning": "bold yellow", "note": "bold cyan"}
-    for file, diagnostics, texts in results:
-        for d in diagnostics:
+    for result in results:
+        for d in result.diagnostics:
             console.print(f"[bold]{escape(d.location)}[/]: [{colour[d.severity]}]{d.severity}[/]: "
                           f"[dim]{escape(d.code)}[/]: {escape(d.message)}")
-            for line in snippet(d, texts):
+            for line in snippet(d, result.texts):
                 console.print(escape(line), style="red" if line.strip().endswith("^") else None)
-        if has_errors(diagnostics):
-            console.print(f"[red]✗[/] {escape(file)}: invalid")
+        if result.valid:
+            console.print(f"[green]✓[/] {escape(result.file)}: valid")
         else:
-            console.print(f"[green]✓[/] {escape(file)}: valid")
+            console.print(f"[red]✗[/] {escape(result.file)}: invalid")
