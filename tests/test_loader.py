@@ -222,3 +222,10 @@ def test_a_diamond_merges_each_base_once(tmp_path):
     assert loaded.ok, loaded.diagnostics
     assert len(loaded.policy.audit.probes) == 1
     assert [p.name for p in loaded.sources] == ["root.yaml", "left.yaml", "right.yaml", "p.yaml"]
+
+
+def test_cross_field_check_points_at_the_field_it_names(tmp_path):
+    text = MINIMAL + "    neighbors:\n      radius: 0.5\n      beyond_radius: 0.2\n"
+    loaded = load_policy(_write(tmp_path, "p.yaml", text))
+    assert [(d.code, d.line, d.col) for d in loaded.diagnostics] == [("invalid-value", 12, 7)]
+    assert "beyond_radius must be larger than radius" in loaded.diagnostics[0].message

@@ -370,6 +370,11 @@ def _schema_diagnostics(model: Any, tree: Node, reported: set[Mark], *, fragment
             mark = node.key_mark or node.mark
         else:
             mark = node.mark
+            # A check across the fields of a mapping ("beyond_radius must be
+            # larger than radius") is shown at the field its message starts with.
+            first_word = str(error.get("msg", "")).removeprefix("Value error, ").split(" ", 1)[0]
+            if error["type"] == "value_error" and isinstance(node.value, dict) and first_word in node.value:
+                mark = node.value[first_word].key_mark or mark
         code, message = describe_error(model, error, loc[:used] if error["type"] != "missing" else loc)
         diagnostics.append(Diagnostic(code, message, mark.file, mark.line, mark.col))
     return None, diagnostics
