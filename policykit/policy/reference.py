@@ -377,10 +377,13 @@ def _bounds(prop: dict, schema: dict) -> str:
         if "multipleOf" in p:
             out.append(f"multiple of {_num(p['multipleOf'])}")
         if p.get("type") == "array":
-            if "minItems" in p:
-                out.append(f"≥ {p['minItems']} entries")
-            if "maxItems" in p:
-                out.append(f"≤ {p['maxItems']} entries")
+            low, high = p.get("minItems", 0), p.get("maxItems")
+            if low and high:
+                out.append(f"{low}–{high} entries")
+            elif high:
+                out.append(f"≤ {high} entries")
+            elif low:
+                out.append(f"at least {low} {'entry' if low == 1 else 'entries'}")
             items = p.get("items", {})
             if "$ref" in items:
                 items = schema["$defs"][items["$ref"].rsplit("/", 1)[1]]
