@@ -204,6 +204,10 @@ For a whole repository in VS Code (with the Red Hat YAML extension), in
 }}
 ```
 
+The schema describes a complete policy. A base file that is only a fragment
+(see `extends`) would show "missing property" warnings in the editor: leave the
+modeline out of such files; `policykit validate` checks them as fragments.
+
 Regenerate the schema after changing the models with
 `policykit schema --out {SCHEMA_FILE}` (a test fails while it is stale).
 """
