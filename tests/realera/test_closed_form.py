@@ -137,3 +137,58 @@ def test_apply_weights_reaches_through_a_lora_wrapper(tiny_pipe):
     assert all(bool((layer.weight == 0.5).all()) for layer in find_cross_attention_projections(unet).values())
     with pytest.raises(KeyError):
         apply_weights(unet, {"nope.weight": torch.zeros(1)})
+
+
+def test_mined_neighbors_generalize_and_the_shell_is_kept(tiny_pipe):
+    """The point of stages 1-2, at the level of the closed form (text space, fixed seeds).
+
+    Erasing mined neighbors brings *held-out* neighbors (another seed) closer to
+    the anchor than erasing the concept alone (UCE-like); adding the shell to the
+    preserves moves held-out shell samples less.
+    """
+    from policykit.realera.mining import encode_concept, mine_beyond, mine_neighbors
+
+    enc, tok = tiny_pipe.text_encoder, tiny_pipe.tokenizer
+    templates, concept, anchor = ["a photo of {}", "{} in a forest"], "mickey mouse", "a cat"
+    common = dict(leak_padding=2, space="text")
+    exact = encode_concept(enc, tok, templates, concept, anchor, leak_padding=2)
+    kept = encode_concept(enc, tok, templates, "red circle", "red circle", leak_padding=2)
+    mined = mine_neighbors(enc, tok, templates, concept, anchor, count=20, radius=0.3, seed=0, min_cosine=0.5, **common)
+    held_out = mine_neighbors(enc, tok, templates, concept, anchor, count=20, radius=0.3, seed=99, min_cosine=0.5,
+                              **common)
+    shell = mine_beyond(enc, tok, templates, concept, anchor, count=20, radius=0.3, beyond_radius=None, seed=0, **common)
+    shell_held_out = mine_beyond(enc, tok, templates, concept, anchor, count=20, radius=0.3, beyond_radius=None,
+                                 seed=98, **common)
+    layers = find_cross_attention_projections(tiny_pipe.unet)
+
+    def solve(neighbors, beyond):
+        system = ClosedFormSystem(32)
+        # without neighbors the concept gets their weight too, so only *where* the erase rows lie differs
+        for e, e_star in exact.erase_pairs():
+            system.add_erase(e, e_star, 1.0 if neighbors else 21.0)
+        for e, e_star in (mined.erase_pairs() if neighbors else []):
+            system.add_erase(e, e_star)
+        system.add_preserve(kept.embedding_rows())
+        if beyond:
+            system.add_preserve(shell.embedding_rows())
+        return system.right_factor(0.1)
+
+    weights = [layer.weight.detach().double() for layer in layers.values()]
+
+    def residual(factor, samples):  # distance to the anchor's projections, relative to before the edit
+        e = torch.cat([x.reshape(-1, 32) for x, _ in samples.erase_pairs()]).double()
+        a = torch.cat([y.reshape(-1, 32) for _, y in samples.erase_pairs()]).double()
+        after = sum((e @ (w @ factor).T - a @ w.T).norm() ** 2 for w in weights)
+        before = sum((e @ w.T - a @ w.T).norm() ** 2 for w in weights)
+        return float((after / before).sqrt())
+
+    def drift(factor, samples):  # how far preserved projections move, relative to their size
+        p = samples.embedding_rows().double()
+        moved = sum((p @ (w @ factor).T - p @ w.T).norm() ** 2 for w in weights)
+        return float((moved / sum((p @ w.T).norm() ** 2 for w in weights)).sqrt())
+
+    uce, ncm, ncm_bcr = solve(False, False), solve(True, False), solve(True, True)
+    generality = residual(ncm, held_out), residual(uce, held_out)
+    assert generality[0] < 0.75 * generality[1], generality
+    shell_drift = drift(ncm_bcr, shell_held_out), drift(ncm, shell_held_out)
+    assert shell_drift[0] < 0.75 * shell_drift[1], shell_drift
