@@ -10,7 +10,7 @@ Concept positions
     character range overlaps the concept's characters (found with the fast
     tokenizer's offset mapping, so concepts of several tokens anywhere in the
     template work, and a template that glues text onto the concept, as in
-    ``"{}'s house"``, keeps the glued token in the span). The *leak* positions
+    ``"many {}s"``, keeps the token that mixes both in the span). The *leak* positions
     are the EOS token and the ``leak_padding`` positions after it: the causal
     text encoder writes the whole prompt, concept included, into them.
     ``leak_padding=None`` means every position to the end of the sequence

@@ -96,3 +96,8 @@ def test_alignment_cuts_leaks_to_the_same_length(clip_tokenizer):
     assert len(aligned.concept.leak) == 3 and len(aligned.anchor.leak) == 4
     assert aligned.concept_positions[-3:] == aligned.concept.leak
     assert aligned.anchor_positions[-3:] == aligned.anchor.leak[:3]
+
+
+def test_token_mixing_template_and_concept_is_in_the_span(clip_tokenizer):
+    located = locate_concept(clip_tokenizer, "a photo of {}se", "mou")
+    assert _tokens(clip_tokenizer, located, located.span) == ["mouse</w>"]
