@@ -94,7 +94,7 @@ traceback or a hang.
 | Limit | Value | Why |
 |---|---|---|
 | File size | {yaml_tree.MAX_FILE_BYTES} bytes (1 MiB) | bounds memory; real policies are a few KiB |
-| YAML values per file | {yaml_tree.MAX_NODES} | bounds time: the pure-Python YAML scanner stays well under a second |
+| YAML values per file | {yaml_tree.MAX_NODES_C_PARSER} ({yaml_tree.MAX_NODES_PURE_PARSER} without ruamel.yaml.clib) | bounds time: a file at the limit is read in about a second |
 | Nesting depth | {yaml_tree.MAX_DEPTH} levels | `[[[[...` cannot exhaust the stack |
 | Digits in an integer | {yaml_tree.MAX_INT_DIGITS} | huge numbers are refused before conversion |
 | Entries in a list | see the tables (at most 10000) | bounds memory after loading |
