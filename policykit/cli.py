@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--out", metavar="PATH", help="also write the plan as JSON to PATH")
     p.add_argument("--graph", metavar="PATH", help="write the concept graph (.json, .dot or .svg)")
+    p.add_argument("--full", action="store_true", help="list every concept (default: the first 40 per table)")
     _add_format(p, ("text", "json", "github"))
 
     p = sub.add_parser(

@@ -105,7 +105,7 @@ def run(args) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print_diagnostics(diagnostics, fmt, texts)
-        _print_summary(plan, status, explanation)
+        _print_summary(plan, status, explanation, None if getattr(args, "full", False) else MAX_ROWS)
     return EXIT_OK if status == "up-to-date" else EXIT_CHANGES
 
 
@@ -118,7 +118,26 @@ def _report_failure(diagnostics: list[Diagnostic], fmt: str, texts: dict[str, st
         print_diagnostics(diagnostics, fmt, texts)
 
 
-def _print_summary(plan, status: str, explanation: str) -> None:
+#: Rows shown per table unless --full: a 1,000-concept plan is for --out/--json,
+#: not for a terminal (and rich takes seconds to lay out that many rows).
+MAX_ROWS = 40
+
+
+def _shown(items, limit: int | None):
+    """The first ``limit`` items and how many were left out."""
+    items = list(items)
+    if limit is None or len(items) <= limit:
+        return items, 0
+    return items[:limit], len(items) - limit
+
+
+def _add_more_row(table, hidden: int) -> None:
+    if hidden:
+        table.add_row(f"[dim]... {hidden} more (--full shows all; --out writes every one)[/dim]",
+                      *([""] * (len(table.columns) - 1)))
+
+
+def _print_summary(plan, status: str, explanation: str, limit: int | None = MAX_ROWS) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -138,26 +157,32 @@ def _print_summary(plan, status: str, explanation: str) -> None:
         concepts.add_column(column, overflow="fold", min_width=width)
     for column in ("syn/assoc", "radius", "samples", "str."):
         concepts.add_column(column, justify="right")
-    for c in plan.erase:
+    shown, hidden = _shown(plan.erase, limit)
+    for c in shown:
         n = c.neighbors
         concepts.add_row(c.concept, c.category, repr(c.anchor) if c.anchor == "" else c.anchor,
                          f"{len(c.synonyms)}/{len(c.associated)}", f"{n.radius:g}/{n.beyond_radius:g}",
                          f"{n.samples}/{n.beyond_samples}", f"{c.strength:g}")
+    _add_more_row(concepts, hidden)
     console.print(concepts)
 
     if plan.preserve:
         preserves = Table(title="Preserve", title_justify="left")
         preserves.add_column("concept")
         preserves.add_column("weight", justify="right")
-        for p in plan.preserve:
+        shown, hidden = _shown(plan.preserve, limit)
+        for p in shown:
             preserves.add_row(p.concept, f"{p.weight:g}")
+        _add_more_row(preserves, hidden)
         console.print(preserves)
     if plan.probes:
         probes = Table(title="Audit probes", title_justify="left")
         for column in ("prompt", "concept", "expect"):
             probes.add_column(column, overflow="fold")
-        for p in plan.probes:
+        shown, hidden = _shown(plan.probes, limit)
+        for p in shown:
             probes.add_row(p.prompt, p.concept, p.expect)
+        _add_more_row(probes, hidden)
         console.print(probes)
 
     stages = Table(title="Stages", title_justify="left")
