@@ -1,0 +1,118 @@
+"""Which prompts the audit generates, and generating them reproducibly.
+
+Every image has its own seed, derived from the audit seed, the prompt and
+the image's index, so the base and the edited model see the same initial
+noise for the same prompt whatever the batch size: differences between the
+two grids are the edit's doing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from policykit.audit.classifiers import ConceptClassifier
+from policykit.audit.metrics import PromptOutcome, Role
+from policykit.audit.report import PromptImages
+
+
+@dataclass(frozen=True)
+class AuditPrompt:
+    """One prompt of the audit: what is generated, what is looked for, and why."""
+
+    prompt: str
+    concept: str
+    role: Role
+
+
+def audit_prompts(plan) -> list[AuditPrompt]:
+    """The audit's prompts for a compiled plan.
+
+    Each erased concept in every one of its templates; each synonym,
+    associated word and preserve in one template (rotating through them, to
+    keep the audit's cost linear in the number of phrases); each probe as written.
+    """
+    prompts: list[AuditPrompt] = []
+    for concept in plan.erase:
+        templates = list(concept.templates)
+        prompts += [AuditPrompt(t.format(concept.concept), concept.concept, "erased") for t in templates]
+        phrases = [(s, "synonym") for s in concept.synonyms] + [(a, "associated") for a in concept.associated]
+        for i, (phrase, role) in enumerate(phrases):
+            prompts.append(AuditPrompt(templates[(i + 1) % len(templates)].format(phrase), concept.concept, role))
+    templates = list(plan.erase[0].templates) if plan.erase else ["{}"]
+    for i, preserve in enumerate(plan.preserve):
+        prompts.append(AuditPrompt(templates[i % len(templates)].format(preserve.concept), preserve.concept, "preserved"))
+    for probe in plan.probes:
+        role: Role = "probe-erased" if probe.expect == "erased" else "probe-preserved"
+        prompts.append(AuditPrompt(probe.prompt, probe.concept, role))
+    return list(dict.fromkeys(prompts))  # a phrase listed twice is generated once
+
+
+def image_seed(seed: int, prompt: str, index: int) -> int:
+    """The seed of image ``index`` of ``prompt``: independent of batching and order."""
+    digest = hashlib.sha256(f"{seed}\x00{prompt}\x00{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def generate(pipe, prompts: Sequence[str], *, per_prompt: int, seed: int, steps: int, guidance: float,
+             batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """``per_prompt`` images for each prompt as (len(prompts), per_prompt, H, W, 3) uint8."""
+    import torch
+
+    jobs = [(p, j) for p in prompts for j in range(per_prompt)]
+    device = getattr(pipe, "device", torch.device("cpu"))
+    gen_device = "cpu" if device.type == "mps" else device
+    chunks = []
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        generators = [torch.Generator(gen_device).manual_seed(image_seed(seed, p, j)) for p, j in batch]
+        with torch.no_grad():
+            out = pipe([p for p, _ in batch], num_inference_steps=steps, guidance_scale=guidance,
+                       generator=generators, output_type="np")
+        chunks.append(np.clip(np.round(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8))
+        if on_batch is not None:
+            on_batch(len(batch))
+    images = np.concatenate(chunks)
+    return images.reshape(len(prompts), per_prompt, *images.shape[1:])
+
+
+def grid_png(images: np.ndarray, columns: int = 8, scale: int = 1) -> bytes:
+    """A row-major grid of (N, H, W, 3) uint8 images as PNG bytes (1 px gaps)."""
+    from PIL import Image
+
+    n, h, w, _ = images.shape
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = image
+    picture = Image.fromarray(canvas)
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def audit_models(prompts: Sequence[AuditPrompt], base_pipe, edited_pipe, classifier: ConceptClassifier, *,
+                 per_prompt: int, seed: int, steps: int, guidance: float, grid_scale: int = 1,
+                 on_batch: Callable[[int], None] | None = None) -> list[PromptImages]:
+    """Generate every prompt with both models, classify, and keep the grids."""
+    texts = [p.prompt for p in prompts]
+    kwargs = dict(per_prompt=per_prompt, seed=seed, steps=steps, guidance=guidance, on_batch=on_batch)
+    before = generate(base_pipe, texts, **kwargs)
+    after = generate(edited_pipe, texts, **kwargs)
+    results = []
+    for prompt, images_before, images_after in zip(prompts, before, after):
+        hits_before = sum(classifier.shows(images_before, prompt.concept))
+        hits_after = sum(classifier.shows(images_after, prompt.concept))
+        results.append(PromptImages(
+            PromptOutcome(prompt.prompt, prompt.concept, prompt.role, per_prompt, hits_before),
+            PromptOutcome(prompt.prompt, prompt.concept, prompt.role, per_prompt, hits_after),
+            grid_png(images_before, scale=grid_scale), grid_png(images_after, scale=grid_scale)))
+    return results
