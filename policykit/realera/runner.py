@@ -105,7 +105,9 @@ class StageRunner:
             outputs[spec.name] = output
             record = StageRecord(spec.name, key, cached is not None, seconds, dict(output.info))
             records.append(record)
-            numbers = ", ".join(f"{k}={_short(v)}" for k, v in output.info.items())
+            # Only scalars go on the log line; lists and dicts (coverage, configs) stay in the records.
+            numbers = ", ".join(f"{k}={_short(v)}" for k, v in output.info.items()
+                                if isinstance(v, (int, float, str, bool)))
             self.log(f"{spec.name}: {'cached' if record.cached else 'done'} in {seconds:.2f}s"
                      + (f" ({numbers})" if numbers else ""))
         return outputs, records

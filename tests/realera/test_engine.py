@@ -1,0 +1,159 @@
+"""The engine on the tiny random pipeline: stage order per preset, caching and resume,
+one joint solve for several concepts, the pipeline left as it came, save/load/apply round trip."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import build_tiny_pipeline
+from policykit.plan import AUDIT, METHOD_STAGES, compile_plan
+from policykit.policy.schema import Policy
+from policykit.realera import engine
+from policykit.realera.closed_form import find_cross_attention_projections
+from policykit.realera.mining import encode_concept
+from policykit.realera.noise_alignment import NoiseAlignmentTrainer
+
+OPTIONS = engine.EngineOptions(latents_per_prompt=1, latent_steps=2)
+TEMPLATES = ["a photo of {}", "a painting of {}"]
+
+
+def _plan(method="realera", erase=None, steps=3, **training):
+    policy = {
+        "apiVersion": "policykit/v1alpha1", "kind": "ErasurePolicy",
+        "metadata": {"name": "t", "version": "1.0.0"}, "base_model": {"id": "builtin:shapes"},
+        "defaults": {"templates": TEMPLATES, "neighbors": {"samples": 3, "radius": 0.3, "min_cosine": 0.5}},
+        "erase": erase or [{"concept": "mickey mouse", "anchor": "cartoon", "synonyms": ["mouse"]},
+                           {"concept": "red circle", "anchor": "blue circle"}],
+        "preserve": [{"concept": "cat"}],
+        "training": {"method": method, "lora": {"steps": steps, "batch_size": 2, "rank": 2}, **training},
+    }
+    return compile_plan(Policy.model_validate(policy))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_tiny_pipeline()
+
+
+def _run(plan, pipe, **kwargs):
+    return engine.run_plan(plan, pipe, inputs_key="tiny", options=OPTIONS, progress=False,
+                           log=kwargs.pop("log", lambda line: None), **kwargs)
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_STAGES))
+def test_each_preset_runs_its_plan_stages_in_order_and_no_audit(pipe, method):
+    plan = _plan(method)
+    edit = _run(plan, pipe)
+    assert [r.name for r in edit.records] == [s for s in METHOD_STAGES[method] if s != AUDIT]
+    assert bool(edit.weights) == ("closed_form_refinement" in plan.stage_names)
+    assert (edit.lora is not None) == ("noise_alignment" in plan.stage_names)
+    assert bool(edit.coverage) == ("mine_neighbors" in plan.stage_names)
+
+
+def test_run_leaves_the_pipeline_as_it_came(pipe):
+    unet, text = _state(pipe.unet), _state(pipe.text_encoder)
+    _run(_plan("realera"), pipe)
+    assert not getattr(pipe.unet, "peft_config", {}) or not pipe.unet.peft_config
+    after = _state(pipe.unet)
+    assert after.keys() == unet.keys() and all(torch.equal(after[k], unet[k]) for k in unet)
+    assert all(torch.equal(v, text[k]) for k, v in _state(pipe.text_encoder).items())
+
+
+def test_cache_reuses_every_stage_and_resumes_after_a_crash(pipe, tmp_path, monkeypatch):
+    plan = _plan("realera")
+    real_train = NoiseAlignmentTrainer.train
+
+    def crash(self):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(NoiseAlignmentTrainer, "train", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        _run(plan, pipe, cache_dir=tmp_path)
+    assert not pipe.unet.peft_config if hasattr(pipe.unet, "peft_config") else True
+    monkeypatch.setattr(NoiseAlignmentTrainer, "train", real_train)
+
+    lines = []
+    resumed = _run(plan, pipe, cache_dir=tmp_path, log=lines.append)
+    assert [r.cached for r in resumed.records] == [True, True, True, False]
+    assert any("noise_alignment: done" in line for line in lines)
+    again = _run(plan, pipe, cache_dir=tmp_path)
+    assert all(r.cached for r in again.records)
+    assert all(torch.equal(again.weights[k], resumed.weights[k]) for k in resumed.weights)
+    assert all(torch.equal(again.lora[k], resumed.lora[k]) for k in resumed.lora)
+    # a changed closed-form setting reruns that stage and the ones after it, not the mining before it
+    changed = _run(_plan("realera", closed_form={"lambda": 0.5}), pipe, cache_dir=tmp_path)
+    assert [r.cached for r in changed.records] == [True, True, False, False]
+
+
+def test_one_joint_solve_maps_every_concept_to_its_anchor_and_keeps_the_preserve(pipe):
+    plan = _plan("uce")
+    edit = _run(plan, pipe)
+    (record,) = edit.records
+    assert record.info["erase_residual"] < 0.5 * record.info["erase_residual_before"]
+    projections = find_cross_attention_projections(pipe.unet)
+    for entry in plan.erase:
+        for phrase in (entry.concept, *entry.synonyms):
+            before = after = 0.0
+            for t in encode_concept(pipe.text_encoder, pipe.tokenizer, TEMPLATES, phrase, entry.anchor).templates:
+                e, e_star = t.embeddings[0], t.anchors
+                for name, linear in projections.items():
+                    w = linear.weight.detach()
+                    w2 = w + edit.weights[f"{name}.weight"]
+                    before += float((e @ w.T - e_star @ w.T).norm())
+                    after += float((e @ w2.T - e_star @ w.T).norm())
+            assert after < 0.5 * before, (phrase, before, after)
+    # the preserve moves much less than the erased concepts do
+    keep = encode_concept(pipe.text_encoder, pipe.tokenizer, TEMPLATES, "cat", "cat").embedding_rows()
+    for name, linear in projections.items():
+        w = linear.weight.detach()
+        drift = (keep @ edit.weights[f"{name}.weight"].T).norm() / (keep @ w.T).norm()
+        assert drift < 0.2
+
+
+def test_two_concepts_are_solved_together_not_one_after_the_other(pipe):
+    both = _run(_plan("uce"), pipe)
+    first = _run(_plan("uce", erase=[{"concept": "mickey mouse", "anchor": "cartoon", "synonyms": ["mouse"]}]), pipe)
+    assert both.records[0].info["erase_rows"] > first.records[0].info["erase_rows"]
+    key = next(iter(both.weights))
+    assert not torch.allclose(both.weights[key], first.weights[key])
+
+
+def test_save_load_apply_round_trip(pipe, tmp_path):
+    edit = _run(_plan("realera"), pipe)
+    weights_dir = engine.save_edit(edit, tmp_path / "artifact")
+    assert (weights_dir / engine.DELTA_FILE).is_file()
+    assert (weights_dir / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    loaded = engine.load_edit(tmp_path / "artifact")
+    assert loaded.method == "realera" and loaded.plan_hash == edit.plan_hash
+    assert [r.name for r in loaded.records] == [r.name for r in edit.records] and loaded.coverage == edit.coverage
+    assert loaded.lora.keys() == edit.lora.keys()
+
+    in_memory = engine.apply_edit(copy.deepcopy(pipe), edit)
+    from_disk = engine.apply_edit(copy.deepcopy(pipe), tmp_path / "artifact")
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(2, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size,
+                       generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = pipe.unet(latents, 500, cond).sample
+        a = in_memory.unet(latents, 500, cond).sample
+        b = from_disk.unet(latents, 500, cond).sample
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(a, base, atol=1e-6)
+    # the adapter is the diffusers LoRA format: a plain pipeline loads it
+    plain = copy.deepcopy(pipe)
+    plain.load_lora_weights(str(weights_dir / "lora"), adapter_name="check")
+    assert "check" in plain.unet.peft_config
+
+
+def test_apply_refuses_an_edit_for_another_model(pipe):
+    edit = _run(_plan("uce"), pipe)
+    other = copy.deepcopy(pipe)
+    key = next(iter(edit.weights))
+    edit.weights[key] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="shape"):
+        engine.apply_edit(other, edit)
