@@ -1,0 +1,68 @@
+"""Loading the shapes pipeline and drawing images from it.
+
+``load_pipeline`` is the same ``StableDiffusionPipeline.from_pretrained``
+call that loads a real Stable Diffusion 1.x directory; ``sample_images``
+draws seeded batches as uint8 arrays the pixel-truth classifier reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: The trained world, shipped inside the package.
+MODEL_DIR = Path(__file__).with_name("model")
+#: Sampling defaults used by the quality tests, the docs table and the benchmark.
+SAMPLING_STEPS = 25
+GUIDANCE_SCALE = 4.0
+
+
+def load_pipeline(path: str | Path = MODEL_DIR):
+    """The ``StableDiffusionPipeline`` stored at ``path`` (offline, CPU, float32, no progress bars)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # Loading takes well under a second: progress bars would only add noise to CLI output.
+    bars = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in bars:
+        lib.disable_progress_bar()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+    finally:
+        for lib, enabled in bars:
+            if enabled:
+                lib.enable_progress_bar()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_clip(path: str | Path = MODEL_DIR):
+    """The full tiny ``CLIPModel`` (text and vision towers) stored beside the pipeline."""
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(str(Path(path) / "clip"), local_files_only=True)
+
+
+def sample_images(pipe, prompts: list[str], seed: int, steps: int = SAMPLING_STEPS,
+                  guidance_scale: float = GUIDANCE_SCALE, batch_size: int = 16) -> np.ndarray:
+    """One image per prompt, as (N, H, W, 3) uint8; batch ``b`` uses generator seed ``seed + b``."""
+    import torch
+
+    chunks = []
+    for b, start in enumerate(range(0, len(prompts), batch_size)):
+        batch = prompts[start:start + batch_size]
+        generator = torch.Generator("cpu").manual_seed(seed + b)
+        with torch.no_grad():
+            out = pipe(batch, num_inference_steps=steps, guidance_scale=guidance_scale,
+                       generator=generator, output_type="np")
+        chunks.append(np.clip(np.round(out.images * 255.0), 0, 255).astype(np.uint8))
+    return np.concatenate(chunks)
+
+
+def clip_pixel_values(images: np.ndarray):
+    """uint8 (N, H, W, 3) images as the tiny CLIP's vision input: (N, 3, H, W) float in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(np.asarray(images, dtype=np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,102 @@
+"""The shipped builtin:shapes model is an ordinary, offline-loadable SD 1.x-style pipeline."""
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+
+from policykit.shapes.sampling import MODEL_DIR
+
+pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model_index.json").is_file(), reason="shapes model not trained")
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """The pipeline, and every warning logged or raised while loading it."""
+    # Import first: importing transformers' vision modules warns about torchvision
+    # being absent, which says nothing about this model.
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion  # noqa: F401
+
+    from policykit.shapes.sampling import load_pipeline
+
+    handler = _Collect()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe = load_pipeline()
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    return pipe, handler.records + [str(w.message) for w in caught]
+
+
+def test_loads_offline_without_warnings_or_safety_checker(loaded):
+    pipe, complaints = loaded
+    assert complaints == []
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.safety_checker is None and pipe.feature_extractor is None
+
+
+def test_plain_from_pretrained_works_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(MODEL_DIR))
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
+
+
+def test_components_are_the_standard_ones_realera_edits(loaded):
+    pipe, _ = loaded
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    assert isinstance(pipe.text_encoder, CLIPTextModel) and isinstance(pipe.tokenizer, CLIPTokenizer)
+    width = pipe.text_encoder.config.hidden_size
+    assert pipe.unet.config.cross_attention_dim == width
+    attn2 = [m for name, m in pipe.unet.named_modules() if name.endswith("attn2")]
+    assert attn2 and all(m.to_k.in_features == width and m.to_v.in_features == width for m in attn2)
+    assert pipe.text_encoder.get_input_embeddings() is pipe.text_encoder.embeddings.token_embedding
+    assert pipe.tokenizer.model_max_length == 16
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+
+
+def test_text_encoder_is_the_clip_text_tower(loaded):
+    import torch
+
+    from policykit.shapes.sampling import load_clip
+
+    pipe, _ = loaded
+    clip = load_clip()
+    ids = pipe.tokenizer(["a red circle", "an apple"], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(pipe.text_encoder(ids)[0], clip.text_model(ids)[0])
+
+
+def test_training_scheduler_is_standard_ddpm(loaded):
+    from diffusers import DDPMScheduler
+
+    pipe, _ = loaded
+    ddpm = DDPMScheduler.from_config(pipe.scheduler.config)
+    assert ddpm.config.num_train_timesteps == 1000 and ddpm.config.prediction_type == "epsilon"
+
+
+def test_samples_are_seeded_images(loaded):
+    from policykit.shapes.sampling import sample_images
+
+    pipe, _ = loaded
+    first = sample_images(pipe, ["a red circle", "a blue square"], seed=3, steps=4)
+    again = sample_images(pipe, ["a red circle", "a blue square"], seed=3, steps=4)
+    assert first.shape == (2, 32, 32, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again)
