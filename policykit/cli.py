@@ -78,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare OLD (a file) with its version at this git revision")
     _add_format(p, ("text", "markdown", "json", "github"))
 
+    p = sub.add_parser("apply", help="run the edit, audit it, publish a versioned signed artifact")
+    p.add_argument("policy", metavar="POLICY", help="the policy file")
+    p.add_argument("--plan", metavar="PLAN", help="a plan saved by `plan --out`: refused if its inputs changed")
+    p.add_argument("--output", metavar="DIR", help="output directory (overrides the policy's output.dir)")
+    p.add_argument("--sign-key", metavar="KEY", help="private key to sign with (overrides output.signing_key)")
+    p.add_argument("--cache-dir", metavar="DIR", default=".policykit-cache",
+                   help="stage cache: a rerun after a crash resumes from finished stages (default: .policykit-cache)")
+    p.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--classifier", metavar="SPEC", help="audit classifier: builtin:pixel-truth or a local CLIP dir")
+    _add_format(p, ("text", "json"))
+
     p = sub.add_parser("keygen", help="write an ECDSA P-256 key pair for signing artifacts")
     p.add_argument("--out", metavar="DIR", default="keys", help="directory for the key files (default: keys)")
     p.add_argument("--name", default="policykit-signing", help="file name stem (default: policykit-signing)")

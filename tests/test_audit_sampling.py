@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from policykit.audit.sampling import audit_models, audit_prompts, generate, grid_png, image_seed
+from policykit.audit.sampling import audit_prompts, classify_outcomes, generate, grid_png, image_seed
 from policykit.plan import compile_plan
 from policykit.policy.loader import load_policy
 
@@ -51,7 +51,7 @@ def test_images_do_not_depend_on_batch_size():
     assert image_seed(7, "x", 0) != image_seed(7, "x", 1) != image_seed(8, "x", 1)
 
 
-def test_audit_models_counts_hits_before_and_after():
+def test_outcomes_count_hits_before_and_after():
     class BrightIsConcept:
         name = "fake"
 
@@ -60,8 +60,11 @@ def test_audit_models_counts_hits_before_and_after():
 
     plan = compile_plan(load_policy(REPO / "policies/demo.yaml"))
     prompts = audit_prompts(plan)[:2]
-    results = audit_models(prompts, NoisePipe(offset=0.5), NoisePipe(offset=0.0), BrightIsConcept(),
-                           per_prompt=4, seed=0, steps=1, guidance=1.0)
+    kwargs = dict(per_prompt=4, seed=0, steps=1, guidance=1.0)
+    texts = [p.prompt for p in prompts]
+    before = generate(NoisePipe(offset=0.5), texts, **kwargs)
+    after = generate(NoisePipe(offset=0.0), texts, **kwargs)
+    results = classify_outcomes(prompts, before, after, BrightIsConcept())
     assert [(r.before.hits, r.after.hits) for r in results] == [(4, 0), (4, 0)]
     assert results[0].grid_before_png.startswith(b"\x89PNG")
 

@@ -99,20 +99,17 @@ def grid_png(images: np.ndarray, columns: int = 8, scale: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def audit_models(prompts: Sequence[AuditPrompt], base_pipe, edited_pipe, classifier: ConceptClassifier, *,
-                 per_prompt: int, seed: int, steps: int, guidance: float, grid_scale: int = 1,
-                 on_batch: Callable[[int], None] | None = None) -> list[PromptImages]:
-    """Generate every prompt with both models, classify, and keep the grids."""
-    texts = [p.prompt for p in prompts]
-    kwargs = dict(per_prompt=per_prompt, seed=seed, steps=steps, guidance=guidance, on_batch=on_batch)
-    before = generate(base_pipe, texts, **kwargs)
-    after = generate(edited_pipe, texts, **kwargs)
+def classify_outcomes(prompts: Sequence[AuditPrompt], before: np.ndarray, after: np.ndarray,
+                      classifier: ConceptClassifier, *, grid_scale: int = 1) -> list[PromptImages]:
+    """Classify each prompt's images from the base (``before``) and edited (``after``) model.
+
+    ``before``/``after``: (len(prompts), per_prompt, H, W, 3) uint8, as :func:`generate` returns.
+    """
     results = []
-    for prompt, images_before, images_after in zip(prompts, before, after):
-        hits_before = sum(classifier.shows(images_before, prompt.concept))
-        hits_after = sum(classifier.shows(images_after, prompt.concept))
+    for prompt, images_before, images_after in zip(prompts, before, after, strict=True):
+        n = len(images_before)
         results.append(PromptImages(
-            PromptOutcome(prompt.prompt, prompt.concept, prompt.role, per_prompt, hits_before),
-            PromptOutcome(prompt.prompt, prompt.concept, prompt.role, per_prompt, hits_after),
+            PromptOutcome(prompt.prompt, prompt.concept, prompt.role, n, sum(classifier.shows(images_before, prompt.concept))),
+            PromptOutcome(prompt.prompt, prompt.concept, prompt.role, n, sum(classifier.shows(images_after, prompt.concept))),
             grid_png(images_before, scale=grid_scale), grid_png(images_after, scale=grid_scale)))
     return results

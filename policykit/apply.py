@@ -1,0 +1,318 @@
+"""``apply``: compile a policy, run the edit, audit it, publish a signed artifact.
+
+The recipe reads top to bottom (:func:`apply_policy`): load and check the
+policy, resolve and pin the base model, take the version's lock, run the
+RealEra stages, audit base against edited model, write the artifact in a
+staging directory, sign it, and rename it into place. Anything that goes
+wrong before the rename leaves nothing a reader could load.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from policykit import __version__
+from policykit.diagnostics import Diagnostic
+
+#: Sampling settings per base model for the audit and the training latents.
+SHAPES_SAMPLING = {"steps": 25, "guidance": 4.0}
+SD_SAMPLING = {"steps": 30, "guidance": 7.5}
+
+Emit = Callable[..., None]
+
+
+class ApplyError(Exception):
+    """apply could not run; ``diagnostics`` say why (nothing was published)."""
+
+    def __init__(self, message: str, diagnostics: list[Diagnostic] | None = None):
+        super().__init__(message)
+        self.diagnostics = diagnostics or [Diagnostic("apply-error", message)]
+
+
+@dataclass
+class ApplyOutcome:
+    """What apply did: ``created`` or ``unchanged``, where, and how the audit went."""
+
+    status: str  # "created" | "unchanged"
+    path: Path
+    manifest: dict[str, Any]
+    signed: bool
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def audit_passed(self) -> bool:
+        """False when the artifact was published but failed its audit thresholds."""
+        return self.manifest.get("status") != "failed"
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"policykit": __version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "peft", "safetensors", "model-signing"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def inputs_id(plan_hash: str, model_sha256: str) -> str:
+    """What identifies an artifact's inputs: the plan (policy, settings, toolkit) and the model's bytes."""
+    import hashlib
+
+    return hashlib.sha256(f"{plan_hash}\0{model_sha256}".encode()).hexdigest()
+
+
+def _load_and_compile(policy_path: Path, plan_path: Path | None):
+    from policykit.diagnostics import has_errors
+    from policykit.graph import build_graph
+    from policykit.plan import Plan, changed_inputs, compile_plan
+    from policykit.policy.loader import load_policy
+
+    loaded = load_policy(policy_path)
+    if not loaded.ok:
+        raise ApplyError(f"{policy_path} is not a valid policy", loaded.diagnostics)
+    graph = build_graph(loaded)
+    if has_errors(graph.diagnostics):
+        raise ApplyError(f"{policy_path}: the concept graph has errors", graph.diagnostics)
+    plan = compile_plan(loaded)
+    if plan_path is not None:
+        try:
+            stored = Plan.from_json(Path(plan_path).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ApplyError(f"cannot read plan {plan_path}: {exc}") from None
+        changes = changed_inputs(stored, plan)
+        if changes:
+            raise ApplyError(f"plan {plan_path} is stale: " + "; ".join(changes) + ". Run `policykit plan` again.")
+    return loaded, graph, plan
+
+
+def apply_policy(policy_path: str | Path, *, plan_path: str | Path | None = None, output_dir: str | Path | None = None,
+                 sign_key: str | Path | None = None, cache_dir: str | Path | None = None, device: str | None = None,
+                 classifier=None, emit: Emit = lambda event, **fields: None) -> ApplyOutcome:
+    """Run the whole apply recipe; raises :class:`ApplyError` (nothing published) on failure.
+
+    ``output_dir`` and ``sign_key`` override the policy's ``output``;
+    ``classifier`` (a spec string or a classifier object) overrides
+    ``audit.classifier``. ``emit(event, **fields)``
+    receives progress events (``stage``, ``progress``, ``log``...).
+    """
+    from policykit.artifact.layout import ArtifactLocation
+    from policykit.artifact.publish import ArtifactLocked, ArtifactWriter
+    from policykit.models import ModelNotAvailable, check_pin, resolve_model
+
+    policy_path = Path(policy_path)
+    loaded, graph, plan = _load_and_compile(policy_path, Path(plan_path) if plan_path else None)
+    policy = loaded.policy
+
+    # -- the base model, resolved offline and checked against its pin
+    emit("stage", name="resolve_model", message=f"resolving {plan.inputs.base_model.id}")
+    try:
+        model = resolve_model(policy.base_model.id, policy.base_model.revision, base_dir=policy_path.parent)
+    except ModelNotAvailable as exc:
+        raise ApplyError(str(exc), [exc.to_diagnostic(*loaded.position(("base_model", "id")))]) from None
+    model_sha = model.sha256()
+    pin_problem = check_pin(model, policy.base_model.sha256, *loaded.position(("base_model", "sha256")))
+    if pin_problem is not None:
+        raise ApplyError(pin_problem.message, [pin_problem])
+
+    key = Path(sign_key) if sign_key else (Path(policy.output.signing_key) if policy.output.signing_key else None)
+    if key is not None and not key.is_file():
+        raise ApplyError(f"signing key {key} does not exist (create one with `policykit keygen`)")
+    location = ArtifactLocation(Path(output_dir or policy.output.dir), plan.inputs.policy_name,
+                                plan.inputs.policy_version)
+    identity = inputs_id(plan.plan_hash, model_sha)
+
+    try:
+        writer = ArtifactWriter(location).__enter__()
+    except ArtifactLocked as exc:
+        raise ApplyError(str(exc)) from None
+    try:
+        existing = writer.existing
+        if existing is not None:
+            if existing.get("inputs_id") == identity:
+                emit("log", message=f"{location.path} already holds this exact policy, plan and model: nothing to do")
+                return ApplyOutcome("unchanged", location.path, existing, location.signature.exists())
+            raise ApplyError(
+                f"{location.path} already exists with different content (plan "
+                f"{existing.get('plan', {}).get('hash', '?')[:12]} vs {plan.plan_hash[:12]}); artifacts are never "
+                "overwritten: bump metadata.version")
+        manifest, seconds = _build(writer.staging, policy_path, loaded, graph, plan, model, model_sha, identity,
+                                   key, cache_dir, device, classifier, emit)
+        signature = None
+        if key is not None:
+            from policykit.artifact.signing import sign_directory
+
+            emit("stage", name="sign", message=f"signing with {key}")
+            signature = sign_directory(writer.staging, key)
+        writer.commit(signature=signature)
+        emit("log", message=f"published {location.path}" + (" (signed)" if signature else " (unsigned)"))
+        return ApplyOutcome("created", location.path, manifest, signature is not None, seconds)
+    finally:
+        writer.__exit__(None, None, None)
+
+
+def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_sha: str, identity: str,
+           key: Path | None, cache_dir, device, classifier_spec, emit: Emit) -> tuple[dict, dict[str, float]]:
+    """Fill ``staging`` with everything but the signature; returns (manifest, stage seconds)."""
+    from policykit.artifact import layout
+    from policykit.artifact.canonical import canonicalize_tree
+    from policykit.artifact.manifest import sha256_file, write_manifest
+    from policykit.audit.classifiers import build_classifier
+    from policykit.audit.metrics import check_thresholds, compute_metrics
+    from policykit.audit.report import AuditResult, render_html, render_json, render_markdown
+    from policykit.audit.sampling import audit_prompts, classify_outcomes, generate
+    from policykit.models import load_pipeline
+    from policykit.plan import plan_json
+    from policykit.realera.engine import EngineOptions, apply_edit, run_plan, save_edit
+
+    seconds: dict[str, float] = {}
+    is_shapes = plan.inputs.base_model.id == "builtin:shapes"
+    sampling = SHAPES_SAMPLING if is_shapes else SD_SAMPLING
+
+    # -- the policy exactly as applied, and the plan
+    (staging / layout.POLICY).write_bytes(policy_path.read_bytes())
+    if len(loaded.sources) > 1:
+        sources = staging / "sources"
+        for source in loaded.sources[1:]:
+            relative = Path(source).resolve().relative_to(policy_path.resolve().parent)
+            (sources / relative).parent.mkdir(parents=True, exist_ok=True)
+            (sources / relative).write_bytes(Path(source).read_bytes())
+    (staging / layout.PLAN).write_text(plan_json(plan), encoding="utf-8")
+
+    # -- the edit
+    start = time.perf_counter()
+    emit("stage", name="load_model", message=f"loading {model.ref}")
+    pipe = load_pipeline(model)
+    seconds["load_model"] = time.perf_counter() - start
+    options = EngineOptions(latent_steps=sampling["steps"], latent_guidance=sampling["guidance"])
+    edit = run_plan(plan, pipe, cache_dir=cache_dir, device=device, inputs_key=model_sha, options=options,
+                    log=lambda line: emit("log", message=line))
+    for record in edit.records:
+        seconds[record.name] = record.seconds
+    save_edit(edit, staging)
+    canonicalize_tree(staging / layout.WEIGHTS_DIR)  # same edit, same bytes
+
+    # -- the audit: the same prompts and seeds through the base and the edited model
+    audit_cfg = loaded.policy.audit
+    metrics_after = metrics_before = None
+    status = "passed"
+    if plan.stage("audit") is not None:
+        start = time.perf_counter()
+        prompts = audit_prompts(plan)
+        labels = sorted({p.concept for p in prompts} | {c.anchor for c in plan.erase if c.anchor})
+        if classifier_spec is not None and not isinstance(classifier_spec, str):
+            classifier = classifier_spec  # a ConceptClassifier object (tests, custom audits)
+        else:
+            classifier = build_classifier(classifier_spec or audit_cfg.classifier, plan.inputs.base_model.id, labels)
+        total = 2 * len(prompts) * audit_cfg.samples_per_prompt
+        emit("stage", name="audit", message=f"auditing {len(prompts)} prompts x {audit_cfg.samples_per_prompt} "
+             f"images, base and edited model ({total} images)", total=total)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            emit("progress", name="audit", completed=done[0], total=total)
+
+        kwargs = dict(per_prompt=audit_cfg.samples_per_prompt, seed=plan.seed, steps=sampling["steps"],
+                      guidance=sampling["guidance"], on_batch=tick)
+        texts = [p.prompt for p in prompts]
+        before = generate(pipe, texts, **kwargs)
+        apply_edit(pipe, edit)
+        after = generate(pipe, texts, **kwargs)
+        outcomes = classify_outcomes(prompts, before, after, classifier, grid_scale=4 if is_shapes else 1)
+        metrics_before = compute_metrics(o.before for o in outcomes)
+        metrics_after = compute_metrics(o.after for o in outcomes)
+        t = audit_cfg.thresholds
+        checks = check_thresholds(metrics_after, max_efficacy_accuracy=t.max_efficacy_accuracy,
+                                  max_generality_accuracy=t.max_generality_accuracy,
+                                  min_specificity_accuracy=t.min_specificity_accuracy)
+        status = "passed" if all(c.passed for c in checks) else "failed"
+        provenance = {
+            "policy": f"{plan.inputs.policy_name} {plan.inputs.policy_version}",
+            "policy sha256": plan.inputs.policy_sha256,
+            "plan hash": plan.plan_hash,
+            "base model": model.ref + (f"@{model.revision}" if model.revision else ""),
+            "base model sha256": model_sha,
+            "artifact inputs id": identity,
+            "method": plan.method,
+            "training seed": str(plan.seed),
+            "classifier": classifier.name,
+            "toolkit": f"policykit {__version__}",
+            "signer key fingerprint": _fingerprint(key) or "unsigned",
+        }
+        coverage = _coverage_words(edit.coverage)
+        result = AuditResult(plan.inputs.policy_name, plan.inputs.policy_version, metrics_before, metrics_after,
+                             checks, outcomes, provenance=provenance, coverage=coverage, graph_svg=graph.to_svg(),
+                             limitations=_limitations(plan, is_shapes))
+        audit_dir = staging / layout.AUDIT_DIR
+        audit_dir.mkdir()
+        (audit_dir / "report.html").write_text(render_html(result), encoding="utf-8")
+        (audit_dir / "report.md").write_text(render_markdown(result), encoding="utf-8")
+        (audit_dir / "report.json").write_text(render_json(result), encoding="utf-8")
+        seconds["audit"] = time.perf_counter() - start
+        emit("log", message=f"audit {status}: " + ", ".join(
+            f"{c.name} {'n/a' if c.measured is None else f'{100 * c.measured:.1f}%'}" for c in checks))
+
+    fields = {
+        "kind": "policykit-artifact",
+        "status": status,
+        "inputs_id": identity,
+        "policy": {"name": plan.inputs.policy_name, "version": plan.inputs.policy_version,
+                   "sha256": plan.inputs.policy_sha256, "file_sha256": sha256_file(staging / layout.POLICY),
+                   "sources": [s.model_dump() for s in plan.inputs.sources]},
+        "plan": {"hash": plan.plan_hash, "file_sha256": sha256_file(staging / layout.PLAN), "method": plan.method},
+        "base_model": {"id": model.ref, "revision": model.revision, "source": model.source, "sha256": model_sha},
+        "toolkit": _library_versions(),
+        "seeds": {"training": plan.seed, "audit": plan.seed},
+        "stages": [{"name": s.name, "settings": s.settings, "seconds": round(seconds.get(s.name, 0.0), 3)}
+                   for s in plan.stages],
+        "metrics": None if metrics_after is None else {"before": metrics_before.to_dict(),
+                                                       "after": metrics_after.to_dict()},
+        "signer": _fingerprint(key),
+    }
+    return write_manifest(staging, fields), seconds
+
+
+def _coverage_words(coverage: list[dict]) -> dict[str, list[tuple[str, float]]]:
+    """Per erased concept, the vocabulary tokens and policy phrases inside its radius (nearest first)."""
+    nearest: dict[str, dict[str, float]] = {}
+    for entry in coverage:  # one entry per concept and template: keep each word's nearest distance
+        found = nearest.setdefault(entry["concept"], {})
+        pairs = [(t["token"], t["distance"]) for t in entry.get("tokens", [])]
+        pairs += [(p["phrase"], p["distance"]) for p in entry.get("phrases", []) if p.get("inside")]
+        for word, distance in pairs:
+            found[word] = min(float(distance), found.get(word, float("inf")))
+    return {concept: sorted(found.items(), key=lambda item: item[1]) for concept, found in nearest.items()}
+
+
+def _fingerprint(key: Path | None) -> str | None:
+    if key is None:
+        return None
+    from policykit.artifact.signing import public_key_fingerprint
+
+    return public_key_fingerprint(key)
+
+
+def _limitations(plan, is_shapes: bool) -> list[str]:
+    notes = []
+    if is_shapes:
+        notes.append("builtin:shapes is a tiny synthetic world; its numbers show the method works, not how a "
+                     "real model will behave.")
+    else:
+        notes.append("Real-model audits rely on CLIP zero-shot classification over the plan's own labels; a "
+                     "concept CLIP does not recognise cannot be measured this way.")
+    notes.append("Mined-neighbour probes are audited through the policy's own phrases only; unseen paraphrases "
+                 "may still reach the concept.")
+    return notes
+
+
+def event_json(event: str, **fields) -> str:
+    """One ``--json`` event line for CI logs."""
+    return json.dumps({"event": event, **fields}, default=str, sort_keys=True)

@@ -1,0 +1,151 @@
+"""apply on a tiny random pipeline: artifact layout, signing, re-apply, refusal, determinism.
+
+The audit's classifier is a stand-in here (random weights draw nothing a real
+classifier could judge); tests/test_apply_shapes.py runs the real thing.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policykit.apply import ApplyError, apply_policy
+from policykit.artifact.signing import generate_key_pair
+from policykit.artifact.verify import verify_artifact
+from policykit.cli import main
+
+HERE = Path(__file__).resolve().parent
+
+
+def _tiny_pipeline_module():
+    spec = importlib.util.spec_from_file_location("tiny_sd", HERE / "realera" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class HalfBright:
+    """Says an image shows the concept when its mean is above mid-grey."""
+
+    name = "test:half-bright"
+
+    def shows(self, images, concept):
+        return [bool(np.asarray(img).mean() > 127) for img in images]
+
+
+POLICY = """\
+apiVersion: policykit/v1alpha1
+kind: ErasurePolicy
+metadata:
+  name: tiny
+  version: 1.0.0
+base_model:
+  id: {model}
+defaults:
+  neighbors:
+    radius: 0.2
+    samples: 2
+  templates: ["a photo of {{}}", "a picture of {{}}"]
+erase:
+  - concept: red circle
+    anchor: blue circle
+    synonyms: [red square]
+preserve:
+  - concept: cat
+training:
+  seed: 3
+  lora:
+    steps: 2
+    batch_size: 2
+    rank: 2
+audit:
+  samples_per_prompt: 2
+  thresholds:
+    max_efficacy_accuracy: 1.0
+    max_generality_accuracy: 1.0
+    min_specificity_accuracy: 0.0
+output:
+  dir: {out}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("tiny-model")
+    _tiny_pipeline_module().build_tiny_pipeline().save_pretrained(path)
+    return path
+
+
+def _policy(tmp_path, model, version="1.0.0", radius="0.2"):
+    path = tmp_path / "policy.yaml"
+    text = POLICY.format(model=model, out=tmp_path / "artifacts").replace("version: 1.0.0", f"version: {version}")
+    path.write_text(text.replace("radius: 0.2", f"radius: {radius}"))
+    return path
+
+
+@pytest.mark.slow
+def test_apply_publishes_a_signed_artifact_and_refuses_to_overwrite(tmp_path, tiny_model):
+    keys = generate_key_pair(tmp_path / "keys")
+    policy = _policy(tmp_path, tiny_model)
+    events = []
+    outcome = apply_policy(policy, sign_key=keys.private_key, cache_dir=tmp_path / "cache", classifier=HalfBright(),
+                           emit=lambda event, **f: events.append(event))
+    assert outcome.status == "created" and outcome.signed
+    root = outcome.path
+    assert root == tmp_path / "artifacts" / "tiny" / "1.0.0"
+    for name in ("manifest.json", "policy.yaml", "plan.json", "weights/cross_attention_delta.safetensors",
+                 "weights/lora/pytorch_lora_weights.safetensors", "audit/report.html", "audit/report.md",
+                 "audit/report.json"):
+        assert (root / name).is_file(), name
+    assert (root.parent / "1.0.0.sig").is_file()
+    assert (root / "policy.yaml").read_bytes() == policy.read_bytes()
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["status"] == "passed" and manifest["signer"].startswith("sha256:")
+    assert manifest["base_model"]["sha256"] and manifest["toolkit"]["torch"]
+    assert {"stage", "log"} <= set(events)
+
+    report = verify_artifact(root, keys.public_key)
+    assert report.ok, report.problems
+
+    # the same inputs again: nothing changes
+    again = apply_policy(policy, sign_key=keys.private_key, cache_dir=tmp_path / "cache", classifier=HalfBright())
+    assert again.status == "unchanged" and again.manifest["content_id"] == manifest["content_id"]
+
+    # different content under the same version: refused, the artifact untouched
+    changed = _policy(tmp_path, tiny_model, radius="0.25")
+    with pytest.raises(ApplyError, match="bump metadata.version"):
+        apply_policy(changed, cache_dir=tmp_path / "cache", classifier=HalfBright())
+    assert verify_artifact(root, keys.public_key).ok
+
+
+@pytest.mark.slow
+def test_same_policy_and_seed_give_identical_weights(tmp_path, tiny_model):
+    hashes = []
+    policy = _policy(tmp_path, tiny_model)
+    for run in ("a", "b"):  # no stage cache: both runs compute everything
+        outcome = apply_policy(policy, output_dir=tmp_path / run, classifier=HalfBright())
+        files = outcome.manifest["files"]
+        hashes.append({k: v["sha256"] for k, v in files.items() if k.startswith("weights/") and k.endswith(".safetensors")})
+    assert hashes[0] and hashes[0] == hashes[1]
+
+
+def test_bad_policy_and_missing_model_publish_nothing(tmp_path, capsys):
+    policy = _policy(tmp_path, tmp_path / "no-such-model")
+    with pytest.raises(ApplyError, match="not available"):
+        apply_policy(policy)
+    assert not (tmp_path / "artifacts").exists()
+    assert main(["apply", str(policy)]) == 1
+    assert "model-not-available" in capsys.readouterr().err
+
+
+def test_stale_plan_is_refused(tmp_path, tiny_model):
+    policy = _policy(tmp_path, tiny_model)
+    assert main(["plan", str(policy), "--out", str(tmp_path / "plan.json")]) in (0, 2)
+    policy.write_text(policy.read_text().replace("samples_per_prompt: 2", "samples_per_prompt: 3"))
+    with pytest.raises(ApplyError, match="stale"):
+        apply_policy(policy, plan_path=tmp_path / "plan.json")
