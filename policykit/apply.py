@@ -19,10 +19,6 @@ from typing import Any, Callable
 from policykit import __version__
 from policykit.diagnostics import Diagnostic
 
-#: Sampling settings per base model for the audit and the training latents.
-SHAPES_SAMPLING = {"steps": 25, "guidance": 4.0}
-SD_SAMPLING = {"steps": 30, "guidance": 7.5}
-
 Emit = Callable[..., None]
 
 
@@ -164,17 +160,13 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
     from policykit.artifact import layout
     from policykit.artifact.canonical import canonicalize_tree
     from policykit.artifact.manifest import sha256_file, write_manifest
-    from policykit.audit.classifiers import build_classifier
-    from policykit.audit.metrics import check_thresholds, compute_metrics
-    from policykit.audit.report import AuditResult, render_html, render_json, render_markdown
-    from policykit.audit.sampling import audit_prompts, classify_outcomes, generate
+    from policykit.audit.run import audit_edit, coverage_words, sampling_for, write_reports
     from policykit.models import load_pipeline
     from policykit.plan import plan_json
-    from policykit.realera.engine import EngineOptions, apply_edit, run_plan, save_edit
+    from policykit.realera.engine import EngineOptions, run_plan, save_edit
 
     seconds: dict[str, float] = {}
-    is_shapes = plan.inputs.base_model.id == "builtin:shapes"
-    sampling = SHAPES_SAMPLING if is_shapes else SD_SAMPLING
+    sampling = sampling_for(plan.inputs.base_model.id)
 
     # -- the policy exactly as applied, and the plan
     (staging / layout.POLICY).write_bytes(policy_path.read_bytes())
@@ -200,40 +192,9 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
     canonicalize_tree(staging / layout.WEIGHTS_DIR)  # same edit, same bytes
 
     # -- the audit: the same prompts and seeds through the base and the edited model
-    audit_cfg = loaded.policy.audit
-    metrics_after = metrics_before = None
-    status = "passed"
+    result = None
     if plan.stage("audit") is not None:
         start = time.perf_counter()
-        prompts = audit_prompts(plan)
-        labels = sorted({p.concept for p in prompts} | {c.anchor for c in plan.erase if c.anchor})
-        if classifier_spec is not None and not isinstance(classifier_spec, str):
-            classifier = classifier_spec  # a ConceptClassifier object (tests, custom audits)
-        else:
-            classifier = build_classifier(classifier_spec or audit_cfg.classifier, plan.inputs.base_model.id, labels)
-        total = 2 * len(prompts) * audit_cfg.samples_per_prompt
-        emit("stage", name="audit", message=f"auditing {len(prompts)} prompts x {audit_cfg.samples_per_prompt} "
-             f"images, base and edited model ({total} images)", total=total)
-        done = [0]
-
-        def tick(n: int) -> None:
-            done[0] += n
-            emit("progress", name="audit", completed=done[0], total=total)
-
-        kwargs = dict(per_prompt=audit_cfg.samples_per_prompt, seed=plan.seed, steps=sampling["steps"],
-                      guidance=sampling["guidance"], on_batch=tick)
-        texts = [p.prompt for p in prompts]
-        before = generate(pipe, texts, **kwargs)
-        apply_edit(pipe, edit)
-        after = generate(pipe, texts, **kwargs)
-        outcomes = classify_outcomes(prompts, before, after, classifier, grid_scale=4 if is_shapes else 1)
-        metrics_before = compute_metrics(o.before for o in outcomes)
-        metrics_after = compute_metrics(o.after for o in outcomes)
-        t = audit_cfg.thresholds
-        checks = check_thresholds(metrics_after, max_efficacy_accuracy=t.max_efficacy_accuracy,
-                                  max_generality_accuracy=t.max_generality_accuracy,
-                                  min_specificity_accuracy=t.min_specificity_accuracy)
-        status = "passed" if all(c.passed for c in checks) else "failed"
         provenance = {
             "policy": f"{plan.inputs.policy_name} {plan.inputs.policy_version}",
             "policy sha256": plan.inputs.policy_sha256,
@@ -243,26 +204,17 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
             "artifact inputs id": identity,
             "method": plan.method,
             "training seed": str(plan.seed),
-            "classifier": classifier.name,
             "toolkit": f"policykit {__version__}",
             "signer key fingerprint": _fingerprint(key) or "unsigned",
         }
-        coverage = _coverage_words(edit.coverage)
-        result = AuditResult(plan.inputs.policy_name, plan.inputs.policy_version, metrics_before, metrics_after,
-                             checks, outcomes, provenance=provenance, coverage=coverage, graph_svg=graph.to_svg(),
-                             limitations=_limitations(plan, is_shapes))
-        audit_dir = staging / layout.AUDIT_DIR
-        audit_dir.mkdir()
-        (audit_dir / "report.html").write_text(render_html(result), encoding="utf-8")
-        (audit_dir / "report.md").write_text(render_markdown(result), encoding="utf-8")
-        (audit_dir / "report.json").write_text(render_json(result), encoding="utf-8")
+        result = audit_edit(plan, pipe, edit, classifier=classifier_spec, provenance=provenance,
+                            coverage=coverage_words(edit.coverage), graph_svg=graph.to_svg(), emit=emit)
+        write_reports(result, staging / layout.AUDIT_DIR)
         seconds["audit"] = time.perf_counter() - start
-        emit("log", message=f"audit {status}: " + ", ".join(
-            f"{c.name} {'n/a' if c.measured is None else f'{100 * c.measured:.1f}%'}" for c in checks))
 
     fields = {
         "kind": "policykit-artifact",
-        "status": status,
+        "status": "passed" if result is None or result.passed else "failed",
         "inputs_id": identity,
         "policy": {"name": plan.inputs.policy_name, "version": plan.inputs.policy_version,
                    "sha256": plan.inputs.policy_sha256, "file_sha256": sha256_file(staging / layout.POLICY),
@@ -273,23 +225,11 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
         "seeds": {"training": plan.seed, "audit": plan.seed},
         "stages": [{"name": s.name, "settings": s.settings, "seconds": round(seconds.get(s.name, 0.0), 3)}
                    for s in plan.stages],
-        "metrics": None if metrics_after is None else {"before": metrics_before.to_dict(),
-                                                       "after": metrics_after.to_dict()},
+        "metrics": None if result is None else {"before": result.metrics_before.to_dict(),
+                                                "after": result.metrics_after.to_dict()},
         "signer": _fingerprint(key),
     }
     return write_manifest(staging, fields), seconds
-
-
-def _coverage_words(coverage: list[dict]) -> dict[str, list[tuple[str, float]]]:
-    """Per erased concept, the vocabulary tokens and policy phrases inside its radius (nearest first)."""
-    nearest: dict[str, dict[str, float]] = {}
-    for entry in coverage:  # one entry per concept and template: keep each word's nearest distance
-        found = nearest.setdefault(entry["concept"], {})
-        pairs = [(t["token"], t["distance"]) for t in entry.get("tokens", [])]
-        pairs += [(p["phrase"], p["distance"]) for p in entry.get("phrases", []) if p.get("inside")]
-        for word, distance in pairs:
-            found[word] = min(float(distance), found.get(word, float("inf")))
-    return {concept: sorted(found.items(), key=lambda item: item[1]) for concept, found in nearest.items()}
 
 
 def _fingerprint(key: Path | None) -> str | None:
@@ -298,19 +238,6 @@ def _fingerprint(key: Path | None) -> str | None:
     from policykit.artifact.signing import public_key_fingerprint
 
     return public_key_fingerprint(key)
-
-
-def _limitations(plan, is_shapes: bool) -> list[str]:
-    notes = []
-    if is_shapes:
-        notes.append("builtin:shapes is a tiny synthetic world; its numbers show the method works, not how a "
-                     "real model will behave.")
-    else:
-        notes.append("Real-model audits rely on CLIP zero-shot classification over the plan's own labels; a "
-                     "concept CLIP does not recognise cannot be measured this way.")
-    notes.append("Mined-neighbour probes are audited through the policy's own phrases only; unseen paraphrases "
-                 "may still reach the concept.")
-    return notes
 
 
 def event_json(event: str, **fields) -> str:

@@ -29,6 +29,12 @@ def _add_format(p: argparse.ArgumentParser, choices: tuple[str, ...], default: s
                    help="same as --format json (stable, with a format_version)")
 
 
+def _add_loading_rule(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--public-key", metavar="KEY", help="public key the artifact must be signed with")
+    p.add_argument("--allow-unsigned", action="store_true", help="load without checking the signature")
+    p.add_argument("--allow-failed-audit", action="store_true", help="load an artifact that failed its audit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command (cheap: no command is imported)."""
     parser = argparse.ArgumentParser(
@@ -63,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PATH", help="also write the plan as JSON to PATH")
     p.add_argument("--graph", metavar="PATH", help="write the concept graph (.json, .dot or .svg)")
     p.add_argument("--full", action="store_true", help="list every concept (default: the first 40 per table)")
+    p.add_argument("--no-model", action="store_true",
+                   help="skip the model check (preserves inside an erase radius); never imports torch")
     _add_format(p, ("text", "json", "github"))
 
     p = sub.add_parser(
@@ -87,6 +95,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage cache: a rerun after a crash resumes from finished stages (default: .policykit-cache)")
     p.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--classifier", metavar="SPEC", help="audit classifier: builtin:pixel-truth or a local CLIP dir")
+    _add_format(p, ("text", "json"))
+
+    p = sub.add_parser("generate", help="generate images with an artifact's edited model")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("-n", type=int, default=4, help="number of images (default: 4)")
+    p.add_argument("--out", metavar="DIR", default="generated", help="output directory (default: generated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--device", metavar="DEVICE")
+    _add_loading_rule(p)
+
+    p = sub.add_parser("audit", help="re-run an artifact's audit; reports go beside it (the artifact is not modified)")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--out", metavar="DIR", help="where to write the reports (default: ARTIFACT.audit)")
+    p.add_argument("--classifier", metavar="SPEC", help="audit classifier: builtin:pixel-truth or a local CLIP dir")
+    p.add_argument("--device", metavar="DEVICE")
+    p.add_argument("--public-key", metavar="KEY", help="public key the artifact must be signed with")
+    p.add_argument("--allow-unsigned", action="store_true", help="audit without checking the signature")
+    _add_format(p, ("text", "json"))
+
+    p = sub.add_parser("artifacts", help="list published artifacts")
+    p.add_argument("action", choices=("list",))
+    p.add_argument("--output", metavar="DIR", default="artifacts", help="output directory (default: artifacts)")
+    p.add_argument("--verify", action="store_true", help="also check every file against its manifest")
+    _add_format(p, ("text", "json"))
+
+    p = sub.add_parser(
+        "neighbors", help="show what an erase radius covers: nearby tokens, phrases inside it, mined samples",
+        description="Decode CONCEPT's neighbor radius on a model: the vocabulary tokens and the given phrases "
+                    "inside it, with relative distances, and what the mined neighbors decode to.")
+    p.add_argument("concept", metavar="CONCEPT")
+    p.add_argument("--model", metavar="M", required=True,
+                   help="builtin:shapes, a local diffusers directory, or a hub id already in the local cache")
+    p.add_argument("--radius", type=float, metavar="R", help="relative radius (default: the policy entry's, else 0.2)")
+    p.add_argument("--space", choices=("token", "text"), help="where distances are measured (default: token)")
+    p.add_argument("--samples", type=int, metavar="N", help="neighbors to draw and decode (default: 16)")
+    p.add_argument("--min-cosine", type=float, metavar="C", help="cosine floor of mined neighbors (default: 0.5)")
+    p.add_argument("--template", metavar="T", help="prompt template with one {} (default: the entry's first, else {})")
+    p.add_argument("--phrase", action="append", metavar="P", help="a phrase to measure (repeatable)")
+    p.add_argument("--policy", metavar="FILE", help="measure the policy's synonyms, associated words, preserves, probes")
+    p.add_argument("--limit", type=int, default=20, metavar="K", help="vocabulary tokens listed (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="mining seed (default: 0, the policy default)")
     _add_format(p, ("text", "json"))
 
     p = sub.add_parser("keygen", help="write an ECDSA P-256 key pair for signing artifacts")

@@ -149,3 +149,105 @@ def test_stale_plan_is_refused(tmp_path, tiny_model):
     policy.write_text(policy.read_text().replace("samples_per_prompt: 2", "samples_per_prompt: 3"))
     with pytest.raises(ApplyError, match="stale"):
         apply_policy(policy, plan_path=tmp_path / "plan.json")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, tiny_model):
+    """One signed artifact, shared by the tests below (which restore what they change)."""
+    root = tmp_path_factory.mktemp("published")
+    keys = generate_key_pair(root / "keys")
+    outcome = apply_policy(_policy(root, tiny_model), sign_key=keys.private_key, classifier=HalfBright())
+    return outcome.path, keys
+
+
+@pytest.mark.slow
+def test_any_changed_byte_added_or_removed_file_fails_verification(published):
+    path, keys = published
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    assert len(files) >= 8
+    for file in files:
+        original = file.read_bytes()
+        for offset in {0, len(original) // 2, len(original) - 1}:
+            changed = bytearray(original)
+            changed[offset] ^= 0x20
+            file.write_bytes(bytes(changed))
+            assert not verify_artifact(path, keys.public_key).ok, (file, offset)
+            if file.name != "manifest.json":  # without a key, the manifest's own fields are not covered
+                assert not verify_artifact(path).ok, (file, offset)
+        file.write_bytes(original)
+    assert verify_artifact(path, keys.public_key).ok
+
+    extra = path / "weights" / "extra.safetensors"
+    extra.write_bytes(b"\0" * 16)
+    assert not verify_artifact(path, keys.public_key).ok
+    extra.unlink()
+    removed = path / "audit" / "report.md"
+    saved = removed.read_bytes()
+    removed.unlink()
+    assert not verify_artifact(path, keys.public_key).ok
+    removed.write_bytes(saved)
+    assert verify_artifact(path, keys.public_key).ok
+
+
+@pytest.mark.slow
+def test_loading_rule(published, tmp_path):
+    from policykit.artifact.load import ArtifactRefused, load_pipeline
+
+    path, keys = published
+    pipe = load_pipeline(path, public_key=keys.public_key)
+    assert "realera" in pipe.unet.peft_config
+    with pytest.raises(ArtifactRefused, match="no public key"):
+        load_pipeline(path)
+    other = generate_key_pair(tmp_path / "other")
+    with pytest.raises(ArtifactRefused, match="failed verification"):
+        load_pipeline(path, public_key=other.public_key)
+
+    delta = path / "weights" / "cross_attention_delta.safetensors"
+    original = delta.read_bytes()
+    changed = bytearray(original)
+    changed[-1] ^= 0x01
+    delta.write_bytes(bytes(changed))
+    try:
+        with pytest.raises(ArtifactRefused, match="changed"):
+            load_pipeline(path, public_key=keys.public_key)
+        with pytest.raises(ArtifactRefused):
+            load_pipeline(path, allow_unsigned=True)  # tampered is never loaded
+    finally:
+        delta.write_bytes(original)
+
+
+@pytest.mark.slow
+def test_failed_audit_marks_the_artifact_and_loading_needs_an_override(tmp_path, tiny_model, capsys):
+    from policykit.artifact.load import ArtifactRefused, load_pipeline
+
+    policy = _policy(tmp_path, tiny_model)
+    policy.write_text(policy.read_text().replace("min_specificity_accuracy: 0.0", "min_specificity_accuracy: 1.0")
+                      .replace("max_efficacy_accuracy: 1.0", "max_efficacy_accuracy: 0.0"))
+    outcome = apply_policy(policy, classifier=AlwaysShows())
+    assert outcome.manifest["status"] == "failed" and not outcome.audit_passed
+    with pytest.raises(ArtifactRefused, match="FAILED its audit"):
+        load_pipeline(outcome.path, allow_unsigned=True)
+    assert load_pipeline(outcome.path, allow_unsigned=True, allow_failed_audit=True) is not None
+
+    assert main(["artifacts", "list", "--output", str(tmp_path / "artifacts"), "--verify", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["artifacts"]
+    assert [(a["name"], a["version"], a["status"], a["signed"], a["intact"]) for a in listed] == \
+        [("tiny", "1.0.0", "failed", False, True)]
+
+
+class AlwaysShows:
+    name = "test:always"
+
+    def shows(self, images, concept):
+        return [True] * len(images)
+
+
+@pytest.mark.slow
+def test_generate_and_audit_commands(published, tmp_path, capsys):
+    path, keys = published
+    out = tmp_path / "images"
+    assert main(["generate", str(path), "a photo of cat", "-n", "2", "--out", str(out),
+                 "--public-key", str(keys.public_key)]) == 0
+    assert len(list(out.glob("*.png"))) == 2
+    assert main(["generate", str(path), "a photo of cat", "--out", str(out)]) == 1
+    assert "no public key" in capsys.readouterr().err

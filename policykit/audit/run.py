@@ -1,0 +1,111 @@
+"""The audit recipe: the same prompts and seeds through the base and the edited model.
+
+Used by ``apply`` (before publishing) and by ``policykit audit`` (to re-run
+it on a published artifact). Settings come from the plan's ``audit`` stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from policykit.audit.report import AuditResult, render_html, render_json, render_markdown
+
+#: Sampling settings by base model (audit images, training latents, ``generate``).
+SHAPES_SAMPLING = {"steps": 25, "guidance": 4.0}
+SD_SAMPLING = {"steps": 30, "guidance": 7.5}
+
+
+def sampling_for(model_id: str) -> dict[str, float]:
+    """Steps and guidance scale to sample the base model ``model_id`` with."""
+    return dict(SHAPES_SAMPLING if model_id == "builtin:shapes" else SD_SAMPLING)
+
+
+def limitations(model_id: str) -> list[str]:
+    """What a reader of this audit should not conclude from it."""
+    notes = []
+    if model_id == "builtin:shapes":
+        notes.append("builtin:shapes is a tiny synthetic world: its numbers show the method works, not how a "
+                     "real model will behave.")
+    else:
+        notes.append("Real-model audits rely on CLIP zero-shot classification over the plan's own labels; a "
+                     "concept CLIP does not recognise cannot be measured this way.")
+    notes.append("Generality is measured on the policy's own synonyms, associated words and probes; paraphrases "
+                 "nobody listed may still reach an erased concept.")
+    return notes
+
+
+def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] | None = None,
+               coverage: dict | None = None, graph_svg: str | None = None,
+               emit: Callable[..., None] = lambda event, **fields: None) -> AuditResult:
+    """Generate every audit prompt with ``pipe`` (the base model), apply ``edit`` to it,
+    generate again, classify both, and check the plan's thresholds.
+
+    ``pipe`` holds the edit afterwards. ``classifier``: a classifier object or
+    a spec string; default: the plan's ``audit.classifier``, else the model's default.
+    """
+    from policykit.audit.classifiers import build_classifier
+    from policykit.audit.metrics import check_thresholds, compute_metrics
+    from policykit.audit.sampling import audit_prompts, classify_outcomes, generate
+    from policykit.realera.engine import apply_edit
+
+    stage = plan.stage("audit")
+    if stage is None:
+        raise ValueError("the plan has no audit stage (audit.enabled is false)")
+    settings = stage.settings
+    model_id = plan.inputs.base_model.id
+    prompts = audit_prompts(plan)
+    if classifier is None or isinstance(classifier, str):
+        labels = sorted({p.concept for p in prompts} | {c.anchor for c in plan.erase if c.anchor})
+        classifier = build_classifier(classifier or settings.get("classifier"), model_id, labels)
+    per_prompt = settings["samples_per_prompt"]
+    total = 2 * len(prompts) * per_prompt
+    emit("stage", name="audit", message=f"auditing {len(prompts)} prompts x {per_prompt} images with the base and "
+         f"the edited model ({total} images)", total=total)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        emit("progress", name="audit", completed=done[0], total=total)
+
+    sampling = sampling_for(model_id)
+    kwargs = dict(per_prompt=per_prompt, seed=settings.get("seed", plan.seed), steps=sampling["steps"],
+                  guidance=sampling["guidance"], on_batch=tick)
+    texts = [p.prompt for p in prompts]
+    before = generate(pipe, texts, **kwargs)
+    apply_edit(pipe, edit)
+    after = generate(pipe, texts, **kwargs)
+    outcomes = classify_outcomes(prompts, before, after, classifier,
+                                 grid_scale=4 if model_id == "builtin:shapes" else 1)
+    metrics_before = compute_metrics(o.before for o in outcomes)
+    metrics_after = compute_metrics(o.after for o in outcomes)
+    checks = check_thresholds(metrics_after, **settings["thresholds"])
+    provenance = {**(provenance or {}), "classifier": classifier.name}
+    result = AuditResult(plan.inputs.policy_name, plan.inputs.policy_version, metrics_before, metrics_after,
+                         checks, outcomes, provenance=provenance, coverage=coverage or {}, graph_svg=graph_svg,
+                         limitations=limitations(model_id))
+    emit("log", message=f"audit {result.verdict}: " + ", ".join(
+        f"{c.name} {'n/a' if c.measured is None else f'{100 * c.measured:.1f}%'}" for c in checks))
+    return result
+
+
+def write_reports(result: AuditResult, directory: str | Path) -> Path:
+    """``report.html``, ``report.md`` and ``report.json`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.html").write_text(render_html(result), encoding="utf-8")
+    (directory / "report.md").write_text(render_markdown(result), encoding="utf-8")
+    (directory / "report.json").write_text(render_json(result), encoding="utf-8")
+    return directory
+
+
+def coverage_words(coverage: list[dict]) -> dict[str, list[tuple[str, float]]]:
+    """Per erased concept, the vocabulary tokens and policy phrases inside its radius (nearest first)."""
+    nearest: dict[str, dict[str, float]] = {}
+    for entry in coverage:  # one entry per concept and template: keep each word's nearest distance
+        found = nearest.setdefault(entry["concept"], {})
+        pairs = [(t["token"], t["distance"]) for t in entry.get("tokens", [])]
+        pairs += [(p["phrase"], p["distance"]) for p in entry.get("phrases", []) if p.get("inside")]
+        for word, distance in pairs:
+            found[word] = min(float(distance), found.get(word, float("inf")))
+    return {concept: sorted(found.items(), key=lambda item: item[1]) for concept, found in nearest.items()}
