@@ -49,7 +49,7 @@ def test_import_policykit_is_light():
     ["validate", "policies/demo.yaml"],
     ["fmt", "--check", "policies/demo.yaml"],
     ["schema"],
-    ["plan", "policies/demo.yaml"],
+    ["plan", "--no-model", "policies/demo.yaml"],
     ["diff", "policies/demo.yaml", "policies/demo.yaml"],
 ])
 def test_pre_model_commands_do_not_import_torch(argv):

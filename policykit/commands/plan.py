@@ -75,6 +75,8 @@ def run(args) -> int:
     if loaded.ok:
         graph = build_graph(loaded)
         diagnostics += graph.diagnostics
+        if not has_errors(diagnostics):
+            diagnostics += model_check(loaded, graph, skip=getattr(args, "no_model", False))
         if args.graph:
             try:
                 graph.write(args.graph)
@@ -107,6 +109,41 @@ def run(args) -> int:
         print_diagnostics(diagnostics, fmt, texts)
         _print_summary(plan, status, explanation, None if getattr(args, "full", False) else MAX_ROWS)
     return EXIT_OK if status == "up-to-date" else EXIT_CHANGES
+
+
+MODEL_CHECK_SKIPPED = "model-check-skipped"
+
+
+def model_check(loaded, graph, *, skip: bool = False) -> list[Diagnostic]:
+    """Conflicts only the base model can show: a preserve inside an erase radius
+    (:mod:`policykit.realera.conflicts`), added to ``graph`` as warnings.
+
+    Loads only the tokenizer and text encoder, and only when the model is on
+    this machine; otherwise returns one ``model-check-skipped`` note. ``skip``
+    (``--no-model``) returns nothing and never imports torch.
+    """
+    if skip:
+        return []
+    from policykit.models import ModelNotAvailable, resolve_model
+
+    policy = loaded.policy
+    file, line, col = loaded.position(("base_model", "id"))
+    try:
+        model = resolve_model(policy.base_model.id, policy.base_model.revision, base_dir=Path(loaded.path).parent)
+    except ModelNotAvailable as missing:
+        return [Diagnostic(MODEL_CHECK_SKIPPED, f"model check skipped: {missing.reason} (preserves inside an erase "
+                           "radius are not checked; --no-model silences this)", str(file), line, col, "note")]
+    try:
+        from policykit.plan import compile_plan
+        from policykit.realera.conflicts import find_conflicts, load_text_model
+
+        tokenizer, text_encoder = load_text_model(model.path)
+        return find_conflicts(loaded, graph, compile_plan(loaded), text_encoder, tokenizer)
+    except ImportError as exc:  # torch/transformers not installed: plan still works without the check
+        return [Diagnostic(MODEL_CHECK_SKIPPED, f"model check skipped: {exc}", str(file), line, col, "note")]
+    except (OSError, ValueError) as exc:  # unreadable text encoder, a concept the tokenizer cannot place
+        return [Diagnostic(MODEL_CHECK_SKIPPED, f"model check skipped: cannot measure radii on {model.ref}: {exc}",
+                           str(file), line, col, "note")]
 
 
 def _report_failure(diagnostics: list[Diagnostic], fmt: str, texts: dict[str, str] | None) -> None:
