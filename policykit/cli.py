@@ -29,6 +29,12 @@ def _add_format(p: argparse.ArgumentParser, choices: tuple[str, ...], default: s
                    help="same as --format json (stable, with a format_version)")
 
 
+def _add_loading_rule(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--public-key", metavar="KEY", help="public key the artifact must be signed with")
+    p.add_argument("--allow-unsigned", action="store_true", help="load without checking the signature")
+    p.add_argument("--allow-failed-audit", action="store_true", help="load an artifact that failed its audit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command (cheap: no command is imported)."""
     parser = argparse.ArgumentParser(
@@ -89,6 +95,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage cache: a rerun after a crash resumes from finished stages (default: .policykit-cache)")
     p.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--classifier", metavar="SPEC", help="audit classifier: builtin:pixel-truth or a local CLIP dir")
+    _add_format(p, ("text", "json"))
+
+    p = sub.add_parser("generate", help="generate images with an artifact's edited model")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("-n", type=int, default=4, help="number of images (default: 4)")
+    p.add_argument("--out", metavar="DIR", default="generated", help="output directory (default: generated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--device", metavar="DEVICE")
+    _add_loading_rule(p)
+
+    p = sub.add_parser("audit", help="re-run an artifact's audit; reports go beside it (the artifact is not modified)")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--out", metavar="DIR", help="where to write the reports (default: ARTIFACT.audit)")
+    p.add_argument("--classifier", metavar="SPEC", help="audit classifier: builtin:pixel-truth or a local CLIP dir")
+    p.add_argument("--device", metavar="DEVICE")
+    p.add_argument("--public-key", metavar="KEY", help="public key the artifact must be signed with")
+    p.add_argument("--allow-unsigned", action="store_true", help="audit without checking the signature")
+    _add_format(p, ("text", "json"))
+
+    p = sub.add_parser("artifacts", help="list published artifacts")
+    p.add_argument("action", choices=("list",))
+    p.add_argument("--output", metavar="DIR", default="artifacts", help="output directory (default: artifacts)")
+    p.add_argument("--verify", action="store_true", help="also check every file against its manifest")
     _add_format(p, ("text", "json"))
 
     p = sub.add_parser(
