@@ -251,3 +251,28 @@ def test_generate_and_audit_commands(published, tmp_path, capsys):
     assert len(list(out.glob("*.png"))) == 2
     assert main(["generate", str(path), "a photo of cat", "--out", str(out)]) == 1
     assert "no public key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_diffusers_bakes_the_edit_in(published, tmp_path, tiny_model):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from policykit.artifact.load import load_pipeline
+
+    path, keys = published
+    out = tmp_path / "exported"
+    assert main(["export", str(path), "--out", str(out), "--public-key", str(keys.public_key)]) == 0
+    exported = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    assert not getattr(exported.unet, "peft_config", None)
+    edited = load_pipeline(path, public_key=keys.public_key)
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 16, exported.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    base = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)
+    with torch.no_grad():
+        a = exported.unet(sample, 10, encoder_hidden_states=text).sample
+        b = edited.unet(sample, 10, encoder_hidden_states=text).sample
+        c = base.unet(sample, 10, encoder_hidden_states=text).sample
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, c, atol=1e-4)  # the edit is really in the export
+    assert json.loads((out / "policykit-export.json").read_text())["policy"] == "tiny"
