@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="mining seed (default: 0, the policy default)")
     _add_format(p, ("text", "json"))
 
+    p = sub.add_parser("export", help="write an artifact as a full model for other tools")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--format", choices=("diffusers", "single-file"), default="diffusers",
+                   help="diffusers: a StableDiffusionPipeline directory (default)")
+    p.add_argument("--out", metavar="PATH", required=True, help="where to write it (must not exist)")
+    _add_loading_rule(p)
+
     p = sub.add_parser("keygen", help="write an ECDSA P-256 key pair for signing artifacts")
     p.add_argument("--out", metavar="DIR", default="keys", help="directory for the key files (default: keys)")
     p.add_argument("--name", default="policykit-signing", help="file name stem (default: policykit-signing)")
