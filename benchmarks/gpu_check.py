@@ -1,0 +1,176 @@
+"""Time every RealEra stage on Stable-Diffusion-1.5-sized components with random weights.
+
+Nothing is downloaded: the U-Net has SD 1.5's config, the text encoder is a
+CLIP ViT-L/14 text tower, the VAE is SD's AutoencoderKL, all randomly
+initialised; the tokenizer is a small byte-level BPE built here (it only has
+to place the concept's tokens; the embedding table keeps CLIP's 49,408 rows).
+Random weights make the numbers meaningless as erasure, but the cost of each
+stage is the cost on the real model.
+
+    python benchmarks/gpu_check.py                 # CPU, reduced size (--size small)
+    python benchmarks/gpu_check.py --size full     # 512 px, SD 1.5 widths (a GPU)
+    python benchmarks/gpu_check.py --size full --concepts 10 --steps 200
+
+Prints one table: each stage's seconds and its key numbers, then a 25-step
+generation of one image (what apply's audit pays per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: Words the benchmark tokenizer knows; concepts are drawn from these.
+WORDS = ["a", "photo", "of", "painting", "picture", "in", "the", "style", "person", "cat", "dog", "mickey", "mouse",
+         "red", "circle", "blue", "square", "cartoon", "van", "gogh", "car", "tree", "house", "bird", "city"]
+CONCEPTS = ["mickey mouse", "van gogh", "red circle", "blue square", "cat", "dog", "car", "tree", "house", "bird"]
+
+SIZES = {
+    # SD 1.5 (runwayml/stable-diffusion-v1-5 configs), written out: nothing is fetched.
+    "full": dict(image=512, text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                      num_attention_heads=12),
+                 unet=dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
+                           norm_num_groups=32),
+                 vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)),
+    # The same structure (4 levels, 3 with cross-attention, 768-wide text) at a size a laptop CPU runs.
+    "small": dict(image=128, text=dict(hidden_size=768, intermediate_size=1024, num_hidden_layers=2,
+                                       num_attention_heads=12),
+                  unet=dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, attention_head_dim=8,
+                            norm_num_groups=16),
+                  vae=dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=16)),
+}
+
+
+def build_tokenizer():
+    """A CLIP BPE tokenizer over letters plus :data:`WORDS` (77 tokens, SD 1.x padding)."""
+    from transformers import CLIPTokenizer
+
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab: dict[str, int] = {}
+    for token in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            rule = (pieces[0], pieces[1])
+            if rule not in merges:
+                merges.append(rule)
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>", model_max_length=77)
+
+
+def build_pipeline(size: str, seed: int = 0):
+    """A StableDiffusionPipeline of random SD-1.5-shaped components (float32, CPU)."""
+    import torch
+    from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    spec = SIZES[size]
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **spec["text"])).eval()
+    unet = UNet2DConditionModel(
+        sample_size=spec["image"] // 8, in_channels=4, out_channels=4, cross_attention_dim=768,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **spec["unet"]).eval()
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=spec["image"],
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, **spec["vae"]).eval()
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                            beta_schedule="scaled_linear", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_plan(concepts: int, steps: int, samples: int, method: str):
+    """A plan erasing the first ``concepts`` of :data:`CONCEPTS` (cycled), 3 templates, one preserve."""
+    from policykit.plan import compile_plan
+    from policykit.policy.schema import Policy
+
+    names = [CONCEPTS[i % len(CONCEPTS)] + ("" if i < len(CONCEPTS) else f" {'a' * (i // len(CONCEPTS))}")
+             for i in range(concepts)]
+    policy = {
+        "apiVersion": "policykit/v1alpha1", "kind": "ErasurePolicy",
+        "metadata": {"name": "gpu-check", "version": "1.0.0"}, "base_model": {"id": "random-sd15"},
+        "defaults": {"templates": ["a photo of {}", "a painting of {}", "a picture of {}"],
+                     "neighbors": {"samples": samples, "space": "text"}},
+        "erase": [{"concept": n, "anchor": "a person"} for n in names],
+        "preserve": [{"concept": "a city"}],
+        "training": {"method": method, "lora": {"steps": steps, "batch_size": 1}},
+    }
+    return compile_plan(Policy.model_validate(policy))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build, run every stage once, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    parser.add_argument("--concepts", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20, help="noise-alignment steps (default: 20)")
+    parser.add_argument("--samples", type=int, default=16, help="neighbors per phrase and template (default: 16)")
+    parser.add_argument("--method", default="realera")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from policykit.realera.engine import EngineOptions, apply_edit, pick_device, run_plan
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    pipe = build_pipeline(args.size)
+    build_seconds = time.perf_counter() - started
+    device, dtype = pick_device(args.device)
+    params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    print(f"gpu_check: size {args.size} ({SIZES[args.size]['image']} px, U-Net {params:.0f}M parameters), "
+          f"{device.type} {str(dtype).replace('torch.', '')}, {args.concepts} concept(s), method {args.method}, "
+          f"NA steps {args.steps}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    plan = build_plan(args.concepts, args.steps, args.samples, args.method)
+    # Latents at the model's size, 1 per template (apply uses 2): enough to time a step of each kind.
+    options = EngineOptions(latents_per_prompt=1, latent_steps=25)
+    edit = run_plan(plan, pipe, inputs_key=f"gpu-check:{args.size}", options=options, device=args.device,
+                    log=lambda line: None, progress=False)
+    rows = [("build components", build_seconds, "")]
+    for record in edit.records:
+        numbers = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.info.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool))
+        rows.append((record.name, record.seconds, numbers))
+    started = time.perf_counter()
+    edited = apply_edit(pipe, edit)
+    rows.append(("apply edit", time.perf_counter() - started, f"{len(edit.weights)} projections"))
+    started = time.perf_counter()
+    with torch.no_grad():
+        edited("a photo of a cat", num_inference_steps=25, generator=torch.Generator("cpu").manual_seed(0),
+               output_type="np")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    rows.append(("generate 1 image, 25 steps", time.perf_counter() - started, "audit cost per image"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'stage':{width}s}  {'seconds':>8s}  key numbers")
+    for name, seconds, numbers in rows:
+        print(f"{name:{width}s}  {seconds:8.2f}  {numbers}")
+    if device.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

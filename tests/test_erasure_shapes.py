@@ -1,0 +1,154 @@
+"""End to end on builtin:shapes: erase policies/demo.yaml's concept and read the images' pixels.
+
+The issue's targets, measured with the pixel-truth classifier on images the
+edited pipeline draws (thresholds are the demo policy's audit thresholds and
+are not loosened here):
+
+- the erased prompt shows the concept in at most 10% of its images;
+- its synonyms and associated words, at most 20%;
+- the preserved concepts (including "red square" and "blue circle", which
+  share a word with it) are drawn correctly in at least 85%.
+
+The same edit is made with the ``uce`` preset (closed form, no mining) and
+both are printed side by side with the base model, and with the concept's
+other phrases in the world that the policy does not list ("held out": red
+dot, scarlet circle...), where mining is expected to matter most.
+
+Neighbor space: the test sets ``space: text`` on top of demo.yaml. In token
+space a radius of 0.3 reaches none of the concept's synonyms on this model
+(the nearest, "crimson circle", is at 0.6) while the BCR shell at 0.3-0.6,
+which is preserved, is still read as "red circle" by the text encoder and
+holds the concept in place; in text space the synonyms and associated words
+lie at 0.05-0.18 and the preserves at 0.47 and beyond (``policykit neighbors
+"red circle" --model builtin:shapes --space text --policy policies/demo.yaml``).
+
+``POLICYKIT_SHAPES_MODEL`` points the test at another trained shapes
+directory; without a model the test skips.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "policies" / "demo.yaml"
+#: Images per phrase, cycling through the world's templates (most of them unseen by the edit).
+IMAGES_PER_PHRASE = 8
+ERASED_IMAGES = 16
+SEED = 100
+
+
+def _model_dir() -> Path | None:
+    override = os.environ.get("POLICYKIT_SHAPES_MODEL")
+    if override:
+        return Path(override)
+    from policykit.models import ModelNotAvailable, resolve_model
+
+    try:
+        return resolve_model("builtin:shapes").path
+    except ModelNotAvailable:
+        return None
+
+
+MODEL = _model_dir()
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(MODEL is None or not (MODEL / "model_index.json").is_file(),
+                                 reason="builtin:shapes is not trained on this checkout")]
+
+
+def _plan(method: str):
+    from policykit.plan import compile_plan
+    from policykit.policy.loader import load_policy
+    from policykit.policy.schema import Policy
+
+    loaded = load_policy(DEMO)
+    assert loaded.ok, [d.format_text() for d in loaded.diagnostics]
+    data = loaded.policy.model_dump(mode="json", by_alias=True)
+    data["training"]["method"] = method
+    data["defaults"]["neighbors"]["space"] = "text"  # see the module docstring
+    return compile_plan(Policy.model_validate(data))
+
+
+def _shown(pipe, world, phrases: list[str], images: int) -> dict[str, float]:
+    """Per phrase: the share of its images that show what the phrase means."""
+    from policykit.shapes.classify import classify_images
+    from policykit.shapes.sampling import sample_images
+
+    prompts = [world.templates[i % len(world.templates)].format(p) for p in phrases for i in range(images)]
+    readings = classify_images(world, sample_images(pipe, prompts, seed=SEED))
+    out = {}
+    for k, phrase in enumerate(phrases):
+        want = world.meaning(phrase)
+        out[phrase] = sum(r.concept == want for r in readings[k * images:(k + 1) * images]) / images
+    return out
+
+
+def _groups(plan, world) -> dict[str, list[str]]:
+    entry = plan.erase[0]
+    listed = {entry.concept, *entry.synonyms, *entry.associated}
+    held_out = [p.text for p in world.phrases(world.concept(entry.concept)) if p.text not in listed]
+    return {"erased": [entry.concept], "synonyms+associated": [*entry.synonyms, *entry.associated],
+            "held out": held_out, "preserved": [p.concept for p in plan.preserve]}
+
+
+def _measure(pipe, world, groups) -> dict[str, dict[str, float]]:
+    sizes = {"erased": ERASED_IMAGES}
+    return {g: _shown(pipe, world, phrases, sizes.get(g, IMAGES_PER_PHRASE)) for g, phrases in groups.items()}
+
+
+def _mean(values: dict[str, float]) -> float:
+    return sum(values.values()) / len(values)
+
+
+@pytest.fixture(scope="module")
+def results():
+    import torch
+
+    from policykit.realera.engine import apply_edit, run_plan
+    from policykit.shapes.sampling import load_pipeline
+    from policykit.shapes.world import load_world
+
+    torch.manual_seed(0)
+    world = load_world()
+    base = load_pipeline(MODEL)
+    out = {}
+    groups = _groups(_plan("realera"), world)
+    started = time.perf_counter()
+    out["base"] = _measure(base, world, groups)
+    for method in ("realera", "uce"):
+        plan = _plan(method)
+        edit = run_plan(plan, base, inputs_key=f"test:{MODEL}", progress=False)
+        out[method] = _measure(apply_edit(copy.deepcopy(base), edit), world, groups)
+    _print_table(out, groups, time.perf_counter() - started)
+    return out
+
+
+def _print_table(out, groups, seconds: float) -> None:
+    methods = list(out)
+    print(f"\nshare of images showing each phrase's meaning ({seconds:.0f}s; erased: lower is better, "
+          "preserved: higher is better)")
+    print(f"{'group / phrase':32s}" + "".join(f"{m:>9s}" for m in methods))
+    for group, phrases in groups.items():
+        print(f"{group:32s}" + "".join(f"{_mean(out[m][group]):9.2f}" for m in methods))
+        for phrase in phrases:
+            print(f"  {phrase:30s}" + "".join(f"{out[m][group][phrase]:9.2f}" for m in methods))
+
+
+def test_erased_prompt_shows_the_concept_at_most_10_percent(results):
+    method = "realera"  # uce is measured and printed beside it, not held to the targets
+    assert _mean(results[method]["erased"]) <= 0.10, results[method]["erased"]
+
+
+def test_synonyms_and_associated_words_show_it_at_most_20_percent(results):
+    method = "realera"  # uce is measured and printed beside it, not held to the targets
+    assert _mean(results[method]["synonyms+associated"]) <= 0.20, results[method]["synonyms+associated"]
+
+
+def test_preserved_concepts_stay_at_least_85_percent_correct(results):
+    method = "realera"  # uce is measured and printed beside it, not held to the targets
+    assert _mean(results[method]["preserved"]) >= 0.85, results[method]["preserved"]
