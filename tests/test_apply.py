@@ -276,3 +276,34 @@ def test_export_diffusers_bakes_the_edit_in(published, tmp_path, tiny_model):
     assert torch.allclose(a, b, atol=1e-5)
     assert not torch.allclose(a, c, atol=1e-4)  # the edit is really in the export
     assert json.loads((out / "policykit-export.json").read_text())["policy"] == "tiny"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_interrupted_apply_leaves_nothing_loadable_and_rerun_resumes(tmp_path, tiny_model, how):
+    import signal
+    import subprocess
+    import sys
+
+    policy = _policy(tmp_path, tiny_model)
+    policy.write_text(policy.read_text().replace("steps: 2", "steps: 40"))  # still training when interrupted
+    cmd = [sys.executable, "-m", "policykit", "apply", str(policy), "--json", "--cache-dir", str(tmp_path / "cache"),
+           "--classifier", "builtin:pixel-truth"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if "closed_form_refinement: done" in line:
+            break
+    proc.send_signal(getattr(signal, how))
+    rc = proc.wait(timeout=120)
+    assert rc != 0
+    version_dir = tmp_path / "artifacts" / "tiny" / "1.0.0"
+    assert not version_dir.exists()
+    leftovers = sorted(p.name for p in (tmp_path / "artifacts" / "tiny").iterdir())
+    if how == "SIGINT":
+        assert leftovers == [".lock"]  # Ctrl-C cleans up after itself
+    events = []
+    outcome = apply_policy(policy, cache_dir=tmp_path / "cache", classifier=HalfBright(),
+                           emit=lambda event, **f: events.append(f.get("message", "")))
+    assert outcome.status == "created" and version_dir.is_dir()
+    assert any("closed_form_refinement: cached" in e for e in events), events
+    assert not [p for p in (tmp_path / "artifacts" / "tiny").iterdir() if p.name.startswith(".staging")]
