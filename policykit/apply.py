@@ -159,7 +159,8 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
     """Fill ``staging`` with everything but the signature; returns (manifest, stage seconds)."""
     from policykit.artifact import layout
     from policykit.artifact.canonical import canonicalize_tree
-    from policykit.artifact.manifest import sha256_file, write_manifest
+    from policykit.artifact.manifest import write_manifest
+    from policykit.hashing import file_sha256
     from policykit.audit.run import audit_edit, coverage_words, sampling_for, write_reports
     from policykit.models import load_pipeline
     from policykit.plan import plan_json
@@ -217,9 +218,9 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
         "status": "passed" if result is None or result.passed else "failed",
         "inputs_id": identity,
         "policy": {"name": plan.inputs.policy_name, "version": plan.inputs.policy_version,
-                   "sha256": plan.inputs.policy_sha256, "file_sha256": sha256_file(staging / layout.POLICY),
+                   "sha256": plan.inputs.policy_sha256, "file_sha256": file_sha256(staging / layout.POLICY),
                    "sources": [s.model_dump() for s in plan.inputs.sources]},
-        "plan": {"hash": plan.plan_hash, "file_sha256": sha256_file(staging / layout.PLAN), "method": plan.method},
+        "plan": {"hash": plan.plan_hash, "file_sha256": file_sha256(staging / layout.PLAN), "method": plan.method},
         "base_model": {"id": model.ref, "revision": model.revision, "source": model.source, "sha256": model_sha},
         "toolkit": _library_versions(),
         "seeds": {"training": plan.seed, "audit": plan.seed},

@@ -14,7 +14,6 @@ relative to the top-level policy's directory; there are no timestamps).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict
 
 import policykit
+from policykit.hashing import canonical_json, sha256_hex
 from policykit.policy.categories import resolve_anchor, resolve_templates
 
 #: Version of the plan document; bump on breaking change.
@@ -182,16 +182,6 @@ class Plan(_Frozen):
         if plan.plan_hash != expected:
             raise ValueError("plan_hash does not match the plan's content (the file was edited or damaged)")
         return plan
-
-
-def canonical_json(data: Any) -> str:
-    """The one JSON spelling hashes are computed over: sorted keys, compact, ASCII."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def compute_plan_hash(body: dict[str, Any]) -> str:

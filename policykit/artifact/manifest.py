@@ -7,7 +7,6 @@ every byte is covered twice, by two independent implementations.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -15,28 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from policykit.artifact.layout import MANIFEST
+from policykit.hashing import canonical_json, file_sha256, sha256_hex
 
 MANIFEST_FORMAT_VERSION = 1
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (weights can be GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of bytes."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(data: Any) -> str:
-    """JSON with sorted keys and fixed separators: equal data, equal bytes."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def list_files(root: Path) -> list[str]:
@@ -63,13 +43,13 @@ def hash_files(root: Path, *, exclude: frozenset[str] = frozenset({MANIFEST})) -
         if rel in exclude:
             continue
         full = root / rel
-        result[rel] = {"sha256": sha256_file(full), "size": full.stat().st_size}
+        result[rel] = {"sha256": file_sha256(full), "size": full.stat().st_size}
     return result
 
 
 def content_id(files: dict[str, dict]) -> str:
     """One id for a set of files: sha256 over their sorted paths and hashes."""
-    return sha256_bytes(canonical_json({k: v["sha256"] for k, v in files.items()}).encode())
+    return sha256_hex(canonical_json({k: v["sha256"] for k, v in files.items()}).encode())
 
 
 def write_manifest(root: Path, fields: dict[str, Any]) -> dict[str, Any]:

@@ -12,18 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from policykit.diagnostics import Diagnostic
-
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of one file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
+from policykit.hashing import file_sha256
 
 def model_sha256(root: str | Path, files: Iterable[str]) -> str:
     """The pin: sha256 over ``"<relative path>\\0<file sha256>\\n"`` for each file, in sorted order."""
