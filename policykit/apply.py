@@ -118,6 +118,17 @@ def apply_policy(policy_path: str | Path, *, plan_path: str | Path | None = None
     if pin_problem is not None:
         raise ApplyError(pin_problem.message, [pin_problem])
 
+    # -- the audit's classifier, before any expensive work: a bad one fails fast
+    if plan.stage("audit") is not None and (classifier is None or isinstance(classifier, str)):
+        from policykit.audit.classifiers import ClassifierError
+        from policykit.audit.run import build_audit_classifier
+
+        try:
+            classifier = build_audit_classifier(plan, classifier)
+        except ClassifierError as exc:
+            raise ApplyError(str(exc), [Diagnostic("audit-classifier", str(exc),
+                                                   *loaded.position(("audit", "classifier")))]) from None
+
     key = Path(sign_key) if sign_key else (Path(policy.output.signing_key) if policy.output.signing_key else None)
     if key is not None and not key.is_file():
         raise ApplyError(f"signing key {key} does not exist (create one with `policykit keygen`)")

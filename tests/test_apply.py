@@ -134,6 +134,16 @@ def test_same_policy_and_seed_give_identical_weights(tmp_path, tiny_model):
     assert hashes[0] and hashes[0] == hashes[1]
 
 
+def test_unusable_classifier_fails_before_any_work(tmp_path, tiny_model, capsys):
+    policy = _policy(tmp_path, tiny_model)
+    assert main(["apply", str(policy), "--classifier", "builtin:pixel-truth"]) == 1
+    err = capsys.readouterr().err
+    assert "audit-classifier" in err and "only judges images of builtin:shapes" in err
+    assert main(["apply", str(policy)]) == 1  # a real model needs a CLIP directory for its audit
+    assert "set audit.classifier" in capsys.readouterr().err
+    assert not (tmp_path / "artifacts").exists()
+
+
 def test_bad_policy_and_missing_model_publish_nothing(tmp_path, capsys):
     policy = _policy(tmp_path, tmp_path / "no-such-model")
     with pytest.raises(ApplyError, match="not available"):
@@ -286,9 +296,9 @@ def test_interrupted_apply_leaves_nothing_loadable_and_rerun_resumes(tmp_path, t
     import sys
 
     policy = _policy(tmp_path, tiny_model)
-    policy.write_text(policy.read_text().replace("steps: 2", "steps: 40"))  # still training when interrupted
-    cmd = [sys.executable, "-m", "policykit", "apply", str(policy), "--json", "--cache-dir", str(tmp_path / "cache"),
-           "--classifier", "builtin:pixel-truth"]
+    # still training when interrupted; no audit (this random model has no classifier the CLI could name)
+    policy.write_text(policy.read_text().replace("steps: 2", "steps: 40").replace("audit:", "audit:\n  enabled: false"))
+    cmd = [sys.executable, "-m", "policykit", "apply", str(policy), "--json", "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if "closed_form_refinement: done" in line:

@@ -35,6 +35,18 @@ def limitations(model_id: str) -> list[str]:
     return notes
 
 
+def build_audit_classifier(plan, spec: str | None = None):
+    """The classifier for a plan's audit: ``spec``, else the plan's ``audit.classifier``, else the
+    model's default; labels for zero-shot CLIP are the plan's concepts, preserves, probes and anchors."""
+    from policykit.audit.classifiers import build_classifier
+    from policykit.audit.sampling import audit_prompts
+
+    stage = plan.stage("audit")
+    configured = None if stage is None else stage.settings.get("classifier")
+    labels = sorted({p.concept for p in audit_prompts(plan)} | {c.anchor for c in plan.erase if c.anchor})
+    return build_classifier(spec or configured, plan.inputs.base_model.id, labels)
+
+
 def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] | None = None,
                coverage: dict | None = None, graph_svg: str | None = None,
                emit: Callable[..., None] = lambda event, **fields: None) -> AuditResult:
@@ -44,7 +56,6 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     ``pipe`` holds the edit afterwards. ``classifier``: a classifier object or
     a spec string; default: the plan's ``audit.classifier``, else the model's default.
     """
-    from policykit.audit.classifiers import build_classifier
     from policykit.audit.metrics import check_thresholds, compute_metrics
     from policykit.audit.sampling import audit_prompts, classify_outcomes, generate
     from policykit.realera.engine import apply_edit
@@ -56,8 +67,7 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     model_id = plan.inputs.base_model.id
     prompts = audit_prompts(plan)
     if classifier is None or isinstance(classifier, str):
-        labels = sorted({p.concept for p in prompts} | {c.anchor for c in plan.erase if c.anchor})
-        classifier = build_classifier(classifier or settings.get("classifier"), model_id, labels)
+        classifier = build_audit_classifier(plan, classifier)
     per_prompt = settings["samples_per_prompt"]
     total = 2 * len(prompts) * per_prompt
     emit("stage", name="audit", message=f"auditing {len(prompts)} prompts x {per_prompt} images with the base and "

@@ -8,6 +8,7 @@ explicit override).
 
 from __future__ import annotations
 
+import os
 import sys
 
 from policykit.cli import EXIT_ERROR, EXIT_OK
@@ -38,14 +39,20 @@ def run(args) -> int:
     try:
         outcome = apply_policy(policy_path, plan_path=plan_path, output_dir=args.output, sign_key=args.sign_key,
                                cache_dir=args.cache_dir, device=args.device, classifier=args.classifier, emit=emit)
-    except ApplyError as exc:
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed apply must say what failed, not dump a traceback
+        if not isinstance(exc, ApplyError):
+            if os.environ.get("POLICYKIT_DEBUG"):
+                raise
+            exc = ApplyError(f"{type(exc).__name__}: {exc} (set POLICYKIT_DEBUG=1 for the traceback)")
         if progress:
             progress.stop()
         if as_json:
             print(event_json("error", message=str(exc), diagnostics=[d.to_dict() for d in exc.diagnostics]))
         else:
             print_diagnostics(exc.diagnostics, "text", None)
-            print(f"policykit apply: nothing published: {exc}", file=sys.stderr)
+            print("policykit apply: nothing was published", file=sys.stderr)
         return EXIT_ERROR
     finally:
         if progress:
