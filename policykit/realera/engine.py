@@ -302,7 +302,7 @@ def _closed_form_stage(plan, pipeline, options: EngineOptions, settings: dict) -
     def run(outputs: dict) -> StageOutput:
         import torch
 
-        from policykit.realera.closed_form import ClosedFormSystem, find_cross_attention_projections, refine_weights
+        from policykit.realera.closed_form import ClosedFormSystem, find_cross_attention_projections
         from policykit.realera.presets import closed_form_settings
 
         cfr = closed_form_settings(settings)
@@ -330,9 +330,13 @@ def _closed_form_stage(plan, pipeline, options: EngineOptions, settings: dict) -
             shell = outputs[BEYOND_CONCEPT_REGULARIZATION].tensors
             if shell["rows"].shape[0]:
                 system.add_preserve(shell["rows"], shell["beta"])
-        edited = refine_weights(projections, system.right_factor(cfr.lam))
-        delta = {k: (edited[k].double() - projections[k[:-len(".weight")]].weight.double()).float().cpu()
-                 for k in edited}
+        right = system.right_factor(cfr.lam)
+        # W R - W in float64 from the stored weights: a delta taken after casting W R back to a
+        # half-precision layer would carry that rounding into every later stage.
+        edited = {f"{name}.weight": linear.weight.detach().to(right.device, torch.float64) @ right
+                  for name, linear in projections.items()}
+        delta = {k: (edited[k] - projections[k[:-len(".weight")]].weight.detach().to(right.device, torch.float64))
+                 .float().cpu() for k in edited}
         info = {"erase_rows": system.n_erase, "preserve_rows": system.n_preserve, "layers": len(projections),
                 **closed_form_residuals(projections, edited, system, anchor_gram)}
         return StageOutput({f"delta.{k}": v for k, v in delta.items()}, info)
