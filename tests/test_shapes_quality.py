@@ -29,8 +29,11 @@ def pipe():
 
     from policykit.shapes.sampling import load_pipeline
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return load_pipeline()
+    # One thread: on a shared 2-core machine two spinning OpenMP threads are several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_pipeline()
+    torch.set_num_threads(threads)
 
 
 def test_colour_x_shape_prompts_are_drawn_right(pipe, world):

@@ -136,13 +136,17 @@ def text_geometry(clip, tokenizer, world: World) -> GeometryReport:
                           float(np.mean(sharing_all)), float(np.mean(unrelated_all)))
 
 
-def concept_grid(world: World, images: np.ndarray, cases: list[PromptCase], per_concept: int, scale: int = 3) -> np.ndarray:
-    """A picture: one row per concept, its first ``per_concept`` sampled images side by side."""
-    rows = []
+def concept_grid(world: World, images: np.ndarray, cases: list[PromptCase], per_concept: int,
+                 scale: int = 2, gap: int = 4) -> np.ndarray:
+    """A picture: one row per colour, one cell per shape, each cell the concept's first ``per_concept`` images."""
+    size = images.shape[1]
+    cell_width = per_concept * size
+    grid = np.full((len(world.colours) * (size + gap), len(world.shapes) * (cell_width + gap), 3), 255, np.uint8)
     for concept in world.concepts:
+        row, col = world.colours.index(concept.colour), world.shapes.index(concept.shape)
         picked = [img for img, c in zip(images, cases) if c.concept == concept][:per_concept]
-        rows.append(np.concatenate(picked, axis=1))
-    grid = np.concatenate(rows, axis=0)
+        y, x = row * (size + gap), col * (cell_width + gap)
+        grid[y:y + size, x:x + len(picked) * size] = np.concatenate(picked, axis=1)
     return grid.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
@@ -160,14 +164,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: on a shared 2-core machine two spinning OpenMP threads are several times slower.
+    torch.set_num_threads(1)
     world = load_world()
     pipe = load_pipeline(args.model)
     sampling = dict(steps=args.steps, guidance_scale=args.guidance)
     cases = canonical_cases(world, args.images_per_concept)
     results, images = run_cases(pipe, world, cases, seed=0, **sampling)
     by_concept = accuracy_by(results, lambda r: r.case.concept.name)
-    colour_ok = accuracy_by(results, lambda r: r.case.concept.name if r.colour_correct else None)
     print(f"## Colour x shape prompts ({args.images_per_concept} images each, {args.steps} steps, guidance {args.guidance})\n")
     print("| concept | correct | colour right | shape right |")
     print("|---|---|---|---|")
@@ -175,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         mine = [r for r in results if r.case.concept.name == name]
         print(f"| {name} | {acc:.0%} | {np.mean([r.colour_correct for r in mine]):.0%} | {np.mean([r.shape_correct for r in mine]):.0%} |")
     print(f"| **all** | **{accuracy(results):.1%}** | {np.mean([r.colour_correct for r in results]):.1%} | {np.mean([r.shape_correct for r in results]):.1%} |")
-    del colour_ok
     syn_cases = synonym_cases(world, 4, 8)
     syn_results, _ = run_cases(pipe, world, syn_cases, seed=1, **sampling)
     print("\n## Synonyms and associated words\n")
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         from PIL import Image
 
         args.picture.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(concept_grid(world, images, cases, min(8, args.images_per_concept))).save(args.picture)
+        Image.fromarray(concept_grid(world, images, cases, min(4, args.images_per_concept))).save(args.picture, optimize=True)
         print(f"\nwrote {args.picture}")
     return 0
 

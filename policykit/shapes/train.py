@@ -262,15 +262,19 @@ def train(out: Path, recipe: Recipe) -> None:
 
     from policykit.shapes.tokenizer import build_tokenizer
 
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
-    started = time.monotonic()
-    world = load_world()
-    tokenizer = build_tokenizer(world.words())
-    clip = train_clip(world, tokenizer, recipe, started)
-    text_encoder = text_encoder_from_clip(clip)
-    vae = train_vae(world, recipe, started)
-    unet = train_unet(world, tokenizer, text_encoder, vae, recipe, started)
-    seconds = time.monotonic() - started
+    try:
+        started = time.monotonic()
+        world = load_world()
+        tokenizer = build_tokenizer(world.words())
+        clip = train_clip(world, tokenizer, recipe, started)
+        text_encoder = text_encoder_from_clip(clip)
+        vae = train_vae(world, recipe, started)
+        unet = train_unet(world, tokenizer, text_encoder, vae, recipe, started)
+        seconds = time.monotonic() - started
+    finally:
+        torch.set_num_threads(threads_before)
     save_world(out, clip, text_encoder, tokenizer, vae, unet, recipe)
     _log(f"saved to {out} (training took {seconds / 60:.1f} min)", started)
 
