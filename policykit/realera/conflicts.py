@@ -147,7 +147,9 @@ def load_text_model(path: str | Path):
 @lru_cache(maxsize=4)
 def _load_text_model(path: str):
     from transformers import AutoTokenizer, CLIPTextModel
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # plan's stderr is for diagnostics, not loading bars
     tokenizer = AutoTokenizer.from_pretrained(str(Path(path) / "tokenizer"), local_files_only=True)
     text_encoder = CLIPTextModel.from_pretrained(str(Path(path) / "text_encoder"), local_files_only=True).eval()
     return tokenizer, text_encoder
