@@ -17,10 +17,12 @@ The four stages are those of docs/method.md:
     samples join the preserve set.
 ``closed_form_refinement``
     ONE solve for every concept of the plan. Erase pairs: each erased phrase
-    unperturbed at every template (always, also for ``uce``/``mace``), plus the
-    mined neighbors; weight = the concept's strength. Preserve rows: the
-    explicit preserves (their weight), the anchors (so what erased phrases map
-    to keeps its meaning), the empty prompt, plus the shell samples. Output:
+    unperturbed at every template (always, also for ``uce``/``mace``; weight =
+    the concept's strength), plus the mined neighbors (together as heavy as
+    their phrase: each weighs ``strength * neighbor_mass / samples``). Preserve
+    rows: the explicit preserves (their weight), the anchors (so what erased
+    phrases map to keeps its meaning), the empty prompt, plus the shell samples
+    (together as heavy as one regularizer row set). Output:
     ``W' - W`` for every edited projection.
 ``noise_alignment``
     A LoRA trained on the refined U-Net, on a mixture of all concepts:
@@ -51,20 +53,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from policykit.plan import BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT, MINE_NEIGHBORS, NOISE_ALIGNMENT
 from policykit.realera.prompts import DEFAULT_LEAK_PADDING
 from policykit.realera.runner import StageOutput, StageRecord, StageRunner, StageSpec
 
 if TYPE_CHECKING:
     import torch
 
-MINE_NEIGHBORS = "mine_neighbors"
-BEYOND_CONCEPT_REGULARIZATION = "beyond_concept_regularization"
-CLOSED_FORM_REFINEMENT = "closed_form_refinement"
-NOISE_ALIGNMENT = "noise_alignment"
 #: Stages this engine runs, in order (``audit`` belongs to apply).
 ENGINE_STAGES = (MINE_NEIGHBORS, BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT)
 #: Bump when a stage's output changes for the same inputs (it is part of every cache key).
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 #: Version of the saved edit directory.
 EDIT_FORMAT_VERSION = 1
 DELTA_FILE = "cross_attention_delta.safetensors"
