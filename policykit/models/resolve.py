@@ -116,11 +116,11 @@ def _resolve_hub(ref: str, revision: str | None) -> ResolvedModel:
         # local_files_only: resolution never downloads; fetching is the operator's explicit step.
         folder = snapshot_download(ref, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as error:
-        at = f"@{revision}" if revision else ""
+        download = f"huggingface-cli download {ref}" + (f" --revision {revision}" if revision else "")
         raise ModelNotAvailable(
             ref, f"it is not in the local Hugging Face cache ({type(error).__name__})",
-            f"On a machine with access run `huggingface-cli download {ref}{' --revision ' + revision if revision else ''}` "
-            f"(and copy the cache here), or point base_model.id at a local diffusers directory; {ref}{at} is never downloaded at run time.",
+            f"policykit never downloads models at run time: on a machine with access run `{download}` "
+            "and copy the cache here, or point base_model.id at a local diffusers directory.",
         ) from None
     path = Path(folder)
     if not (path / PIPELINE_INDEX).is_file():
