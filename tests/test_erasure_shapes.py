@@ -14,7 +14,7 @@ both are printed side by side with the base model, and with the concept's
 other phrases in the world that the policy does not list ("held out": red
 dot, scarlet circle...), where mining is expected to matter most.
 
-Neighbor space: the test sets ``space: text`` on top of demo.yaml. In text
+Neighbor space: demo.yaml mines in ``space: text``. In text
 space the concept's synonyms and associated words lie at 0.04-0.18 of its
 norm and the preserves at 0.39 and beyond, so the radius (0.3) separates
 them; in token space the radius reaches none of them (the nearest,
@@ -74,7 +74,6 @@ def _plan(method: str):
     assert loaded.ok, [d.format_text() for d in loaded.diagnostics]
     data = loaded.policy.model_dump(mode="json", by_alias=True)
     data["training"]["method"] = method
-    data["defaults"]["neighbors"]["space"] = "text"  # see the module docstring
     return compile_plan(Policy.model_validate(data))
 
 
