@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage cache: a rerun after a crash resumes from finished stages (default: .policykit-cache)")
     p.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--classifier", metavar="SPEC", help="audit classifier: builtin:pixel-truth or a local CLIP dir")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: torch's; use 1 on a machine busy with other jobs)")
     _add_format(p, ("text", "json"))
 
     p = sub.add_parser("generate", help="generate images with an artifact's edited model")

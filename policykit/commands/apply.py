@@ -36,6 +36,10 @@ def run(args) -> int:
         else:
             progress.handle(event, fields)
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         outcome = apply_policy(policy_path, plan_path=plan_path, output_dir=args.output, sign_key=args.sign_key,
                                cache_dir=args.cache_dir, device=args.device, classifier=args.classifier, emit=emit)
