@@ -77,7 +77,7 @@ class ClipZeroShotClassifier:
         with torch.no_grad():
             text = self.processor(text=[template.format(label) for label in self.labels],
                                   return_tensors="pt", padding=True).to(self.device)
-            features = self.model.get_text_features(**text)
+            features = _projected(self.model.get_text_features(**text))
             self.text_features = torch.nn.functional.normalize(features, dim=-1)
 
     def predict(self, images: np.ndarray) -> list[str]:
@@ -86,7 +86,7 @@ class ClipZeroShotClassifier:
 
         with torch.no_grad():
             pixels = self.processor(images=list(images), return_tensors="pt").to(self.device)
-            features = torch.nn.functional.normalize(self.model.get_image_features(**pixels), dim=-1)
+            features = torch.nn.functional.normalize(_projected(self.model.get_image_features(**pixels)), dim=-1)
             best = (features @ self.text_features.T).argmax(dim=-1).tolist()
         return [self.labels[i] for i in best]
 
@@ -95,6 +95,12 @@ class ClipZeroShotClassifier:
         if concept not in self.labels:
             raise ClassifierError(f"{concept!r} is not among the classifier's labels")
         return [label == concept for label in self.predict(images)]
+
+
+def _projected(output):
+    # transformers 5 returns a model output whose pooler_output is the projected
+    # embedding; transformers 4 returned the tensor itself.
+    return output if hasattr(output, "norm") else output.pooler_output
 
 
 def build_classifier(spec: str | None, base_model_id: str, labels: Sequence[str]) -> ConceptClassifier:
