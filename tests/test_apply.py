@@ -108,6 +108,8 @@ def test_apply_publishes_a_signed_artifact_and_refuses_to_overwrite(tmp_path, ti
     assert manifest["status"] == "passed" and manifest["signer"].startswith("sha256:")
     assert manifest["base_model"]["sha256"] and manifest["toolkit"]["torch"]
     assert {"stage", "log"} <= set(events)
+    roles = [p["role"] for p in json.loads((root / "audit" / "report.json").read_text())["prompts"]]
+    assert roles.count("neighbor") == 2 and {"erased", "synonym", "preserved"} <= set(roles)
 
     report = verify_artifact(root, keys.public_key)
     assert report.ok, report.problems

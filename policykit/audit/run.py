@@ -57,7 +57,9 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     a spec string; default: the plan's ``audit.classifier``, else the model's default.
     """
     from policykit.audit.metrics import check_thresholds, compute_metrics
-    from policykit.audit.sampling import audit_prompts, classify_outcomes, generate
+    import numpy as np
+
+    from policykit.audit.sampling import audit_prompts, classify_outcomes, generate, neighbor_conditionings
     from policykit.realera.engine import apply_edit
 
     stage = plan.stage("audit")
@@ -69,7 +71,9 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     if classifier is None or isinstance(classifier, str):
         classifier = build_audit_classifier(plan, classifier)
     per_prompt = settings["samples_per_prompt"]
-    total = 2 * len(prompts) * per_prompt
+    from policykit.audit.sampling import NEIGHBORS_PER_CONCEPT
+
+    total = 2 * (len(prompts) + NEIGHBORS_PER_CONCEPT * len(plan.erase)) * per_prompt
     emit("stage", name="audit", message=f"auditing {len(prompts)} prompts x {per_prompt} images with the base and "
          f"the edited model ({total} images)", total=total)
     done = [0]
@@ -83,8 +87,16 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
                   guidance=sampling["guidance"], on_batch=tick)
     texts = [p.prompt for p in prompts]
     before = generate(pipe, texts, **kwargs)
+    # The edit leaves the text encoder alone, so neighbours drawn now serve both models.
+    neighbors, conditionings = neighbor_conditionings(plan, pipe, seed=kwargs["seed"])
+    names = [p.prompt for p in neighbors]
+    if neighbors:
+        before = np.concatenate([before, generate(pipe, names, conditionings=conditionings, **kwargs)])
     apply_edit(pipe, edit)
     after = generate(pipe, texts, **kwargs)
+    if neighbors:
+        after = np.concatenate([after, generate(pipe, names, conditionings=conditionings, **kwargs)])
+    prompts = prompts + neighbors
     outcomes = classify_outcomes(prompts, before, after, classifier,
                                  grid_scale=4 if model_id == "builtin:shapes" else 1)
     metrics_before = compute_metrics(o.before for o in outcomes)

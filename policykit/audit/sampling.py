@@ -52,6 +52,45 @@ def audit_prompts(plan) -> list[AuditPrompt]:
     return list(dict.fromkeys(prompts))  # a phrase listed twice is generated once
 
 
+#: Held-out mined neighbours audited per erased concept (drawn from a stream training never uses).
+NEIGHBORS_PER_CONCEPT = 2
+
+
+def neighbor_conditionings(plan, pipe, *, seed: int, per_concept: int = NEIGHBORS_PER_CONCEPT):
+    """Held-out neighbours of every erased concept, as prompts of role ``neighbor`` and their
+    conditionings ``(n, L, d)``.
+
+    Drawn like mining draws (same space, radius and cosine floor, first
+    template) but from the ``audit`` random stream, so they are neighbours the
+    edit never saw: they measure whether the erased *region*, not just the
+    listed phrases, stays erased.
+    """
+    import torch
+
+    from policykit.realera.mining import mine_samples
+
+    prompts: list[AuditPrompt] = []
+    sequences = []
+    for concept in plan.erase:
+        n = concept.neighbors
+        if per_concept <= 0 or n.radius <= 0:
+            continue
+        with torch.no_grad():
+            mined = mine_samples(pipe.text_encoder, pipe.tokenizer, concept.templates[:1], concept.concept,
+                                 concept.anchor, count=per_concept, low=0.0, high=n.radius, seed=seed,
+                                 space=n.space, min_cosine=n.min_cosine, purpose="audit")
+        for template in mined.templates:
+            for i in range(template.sequences.shape[0]):
+                rho = float(template.relative_radius[i])
+                prompts.append(AuditPrompt(f"{template.aligned.concept.prompt} [held-out neighbour {i + 1}: "
+                                           f"{n.space} space, relative distance {rho:.2f}]",
+                                           concept.concept, "neighbor"))
+                sequences.append(template.sequences[i])
+    if not sequences:
+        return [], None
+    return prompts, torch.stack(sequences)
+
+
 def image_seed(seed: int, prompt: str, index: int) -> int:
     """The seed of image ``index`` of ``prompt``: independent of batching and order."""
     digest = hashlib.sha256(f"{seed}\x00{prompt}\x00{index}".encode()).digest()
@@ -59,19 +98,31 @@ def image_seed(seed: int, prompt: str, index: int) -> int:
 
 
 def generate(pipe, prompts: Sequence[str], *, per_prompt: int, seed: int, steps: int, guidance: float,
-             batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """``per_prompt`` images for each prompt as (len(prompts), per_prompt, H, W, 3) uint8."""
+             batch_size: int = 16, on_batch: Callable[[int], None] | None = None, conditionings=None) -> np.ndarray:
+    """``per_prompt`` images for each prompt as (len(prompts), per_prompt, H, W, 3) uint8.
+
+    With ``conditionings`` (``(len(prompts), L, d)``), image ``i`` is drawn from
+    that text-encoder output instead of encoding ``prompts[i]``, which then only
+    names it (and seeds it).
+    """
     import torch
 
     jobs = [(p, j) for p in prompts for j in range(per_prompt)]
+    rows = [i for i in range(len(prompts)) for _ in range(per_prompt)]
     device = getattr(pipe, "device", torch.device("cpu"))
     gen_device = "cpu" if device.type == "mps" else device
     chunks = []
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
         generators = [torch.Generator(gen_device).manual_seed(image_seed(seed, p, j)) for p, j in batch]
+        if conditionings is None:
+            text = {"prompt": [p for p, _ in batch]}
+        else:
+            embeds = conditionings[rows[start:start + batch_size]]
+            text = {"prompt_embeds": embeds.to(device=device, dtype=pipe.text_encoder.dtype),
+                    "negative_prompt": [""] * len(batch)}
         with torch.no_grad():
-            out = pipe([p for p, _ in batch], num_inference_steps=steps, guidance_scale=guidance,
+            out = pipe(**text, num_inference_steps=steps, guidance_scale=guidance,
                        generator=generators, output_type="np")
         chunks.append(np.clip(np.round(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8))
         if on_batch is not None:
