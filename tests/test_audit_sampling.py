@@ -22,9 +22,9 @@ class NoisePipe:
         self.offset = offset
         self.batches = []
 
-    def __call__(self, prompts, num_inference_steps, guidance_scale, generator, output_type):
-        assert len(generator) == len(prompts) and output_type == "np"
-        self.batches.append(len(prompts))
+    def __call__(self, prompt, num_inference_steps, guidance_scale, generator, output_type):
+        assert len(generator) == len(prompt) and output_type == "np"
+        self.batches.append(len(prompt))
         images = [torch.rand(4, 4, 3, generator=g).numpy() * 0.5 + self.offset for g in generator]
         return SimpleNamespace(images=np.stack(images))
 
