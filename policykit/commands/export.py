@@ -1,4 +1,4 @@
-"""``policykit export ARTIFACT --format diffusers --out DIR``: a full model for other tools."""
+"""``policykit export ARTIFACT --format diffusers|single-file --out PATH``: a full model for other tools."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ def run(args) -> int:
     from policykit.artifact.load import ArtifactRefused
     from policykit.models import ModelNotAvailable
 
-    if args.format != "diffusers":
-        print("policykit export: only --format diffusers is available in this version; single-file "
-              "(original Stable Diffusion checkpoint layout) is planned", file=sys.stderr)
-        return EXIT_ERROR
+    if args.format == "single-file":
+        return _run_single_file(args)
     try:
         out = export_diffusers(args.artifact, args.out, public_key=args.public_key,
                                allow_unsigned=args.allow_unsigned, allow_failed_audit=args.allow_failed_audit)
@@ -24,4 +22,21 @@ def run(args) -> int:
         print(f"policykit export: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(f"exported {args.artifact} to {out} (StableDiffusionPipeline.from_pretrained({str(out)!r}))")
+    return EXIT_OK
+
+
+def _run_single_file(args) -> int:
+    """One .safetensors in the original Stable Diffusion layout (AUTOMATIC1111, ComfyUI, from_single_file)."""
+    from policykit.artifact.load import ArtifactRefused
+    from policykit.artifact.single_file import SingleFileUnsupported, export_single_file
+    from policykit.models import ModelNotAvailable
+
+    try:
+        out = export_single_file(args.artifact, args.out, public_key=args.public_key,
+                                 allow_unsigned=args.allow_unsigned, allow_failed_audit=args.allow_failed_audit)
+    except (ArtifactRefused, ModelNotAvailable, SingleFileUnsupported, FileExistsError, OSError, ValueError) as exc:
+        print(f"policykit export: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"exported {args.artifact} to {out} (original Stable Diffusion checkpoint layout; diffusers reads it "
+          "with StableDiffusionPipeline.from_single_file(FILE, config=BASE_MODEL_DIR))")
     return EXIT_OK

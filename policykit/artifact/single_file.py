@@ -1,0 +1,242 @@
+"""Exporting an artifact as one ``.safetensors`` file in the original Stable Diffusion layout.
+
+AUTOMATIC1111, ComfyUI and ``StableDiffusionPipeline.from_single_file`` read
+the checkpoint layout of the original (LDM / CompVis) code base, not diffusers'
+per-component directories. This module renames the edited pipeline's tensors
+into that layout:
+
+- U-Net  -> ``model.diffusion_model.*`` (``input_blocks`` / ``middle_block`` /
+  ``output_blocks``, numbered the way the LDM U-Net builds its layers),
+- VAE    -> ``first_stage_model.*`` (``encoder.down.N.block.M`` ..., the
+  decoder's ``up`` blocks counted from the lowest resolution, attention
+  projections as 1x1 convolutions),
+- CLIP   -> ``cond_stage_model.transformer.text_model.*`` (SD 1.x).
+
+The numbering is derived from the model's own modules, not from SD 1.5's
+fixed counts, so small or non-standard U-Nets (``builtin:shapes``) convert too.
+Every tensor is placed exactly once; one the layout has no place for
+(class embeddings, SDXL's added conditioning, ...) is an error, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_ENCODER_PREFIX = "cond_stage_model.transformer."
+
+# Module renames inside one residual block: diffusers name -> LDM name.
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2",
+               "conv_shortcut": "nin_shortcut"}
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+# The VAE attention's linear projections are 1x1 convolutions in the LDM layout.
+_VAE_ATTENTION_CONVS = {"q", "k", "v", "proj_out"}
+
+
+class SingleFileUnsupported(ValueError):
+    """The model has tensors the original Stable Diffusion checkpoint layout has no place for."""
+
+
+class _Places:
+    """diffusers module prefixes -> (LDM prefix, renames or None for "same names below")."""
+
+    def __init__(self):
+        self.entries: list[tuple[str, str, dict[str, str] | None]] = []
+
+    def add(self, diffusers: str, ldm: str, renames: dict[str, str] | None = None):
+        self.entries.append((diffusers, ldm, renames))
+
+    def ldm_key(self, key: str) -> str | None:
+        """The LDM name of diffusers state-dict key ``key``, or None when no place matches."""
+        for diffusers, ldm, renames in self.entries:
+            if not key.startswith(diffusers + "."):
+                continue
+            rest = key[len(diffusers) + 1:]
+            if renames is None:
+                return f"{ldm}.{rest}"
+            module, _, param = rest.rpartition(".")
+            if module in renames:
+                return f"{ldm}.{renames[module]}.{param}"
+            return None
+        return None
+
+
+def _unet_places(unet) -> _Places:
+    places = _Places()
+    places.add("conv_in", "input_blocks.0.0")
+    places.add("time_embedding.linear_1", "time_embed.0")
+    places.add("time_embedding.linear_2", "time_embed.2")
+    # input_blocks: one entry per (resnet [+ attention]) and one per downsampler, in order
+    index = 1
+    for b, block in enumerate(unet.down_blocks):
+        attentions = getattr(block, "attentions", None)
+        for j in range(len(block.resnets)):
+            places.add(f"down_blocks.{b}.resnets.{j}", f"input_blocks.{index}.0", _UNET_RESNET)
+            if attentions is not None:
+                places.add(f"down_blocks.{b}.attentions.{j}", f"input_blocks.{index}.1")
+            index += 1
+        if getattr(block, "downsamplers", None):
+            places.add(f"down_blocks.{b}.downsamplers.0.conv", f"input_blocks.{index}.0.op")
+            index += 1
+    # middle_block: resnet, attention, resnet, ... interleaved
+    mid = unet.mid_block
+    if mid is not None:
+        attentions = getattr(mid, "attentions", None) or []
+        position = 0
+        for j in range(len(mid.resnets)):
+            places.add(f"mid_block.resnets.{j}", f"middle_block.{position}", _UNET_RESNET)
+            position += 1
+            if j < len(attentions):
+                places.add(f"mid_block.attentions.{j}", f"middle_block.{position}")
+                position += 1
+    # output_blocks: one entry per (resnet [+ attention] [+ upsampler on the block's last layer])
+    index = 0
+    for b, block in enumerate(unet.up_blocks):
+        attentions = getattr(block, "attentions", None)
+        last = len(block.resnets) - 1
+        for j in range(len(block.resnets)):
+            places.add(f"up_blocks.{b}.resnets.{j}", f"output_blocks.{index}.0", _UNET_RESNET)
+            slot = 1
+            if attentions is not None:
+                places.add(f"up_blocks.{b}.attentions.{j}", f"output_blocks.{index}.1")
+                slot = 2
+            if j == last and getattr(block, "upsamplers", None):
+                places.add(f"up_blocks.{b}.upsamplers.0.conv", f"output_blocks.{index}.{slot}.conv")
+            index += 1
+    places.add("conv_norm_out", "out.0")
+    places.add("conv_out", "out.2")
+    return places
+
+
+def _vae_places(vae) -> _Places:
+    places = _Places()
+    for side in ("encoder", "decoder"):
+        for same in ("conv_in", "conv_out"):
+            places.add(f"{side}.{same}", f"{side}.{same}")
+        places.add(f"{side}.conv_norm_out", f"{side}.norm_out")
+        mid = getattr(vae, side).mid_block
+        if mid is not None:
+            for j in range(len(mid.resnets)):
+                places.add(f"{side}.mid_block.resnets.{j}", f"{side}.mid.block_{j + 1}", _VAE_RESNET)
+            for j in range(len(getattr(mid, "attentions", None) or [])):
+                places.add(f"{side}.mid_block.attentions.{j}", f"{side}.mid.attn_{j + 1}", _VAE_ATTENTION)
+    for b, block in enumerate(vae.encoder.down_blocks):
+        for j in range(len(block.resnets)):
+            places.add(f"encoder.down_blocks.{b}.resnets.{j}", f"encoder.down.{b}.block.{j}", _VAE_RESNET)
+        if getattr(block, "downsamplers", None):
+            places.add(f"encoder.down_blocks.{b}.downsamplers.0.conv", f"encoder.down.{b}.downsample.conv")
+    # the LDM decoder numbers its up blocks from the lowest resolution, diffusers from the highest
+    count = len(vae.decoder.up_blocks)
+    for b, block in enumerate(vae.decoder.up_blocks):
+        level = count - 1 - b
+        for j in range(len(block.resnets)):
+            places.add(f"decoder.up_blocks.{b}.resnets.{j}", f"decoder.up.{level}.block.{j}", _VAE_RESNET)
+        if getattr(block, "upsamplers", None):
+            places.add(f"decoder.up_blocks.{b}.upsamplers.0.conv", f"decoder.up.{level}.upsample.conv")
+    places.add("quant_conv", "quant_conv")
+    places.add("post_quant_conv", "post_quant_conv")
+    return places
+
+
+def _text_encoder_key(key: str) -> str:
+    # transformers >= 5.6 flattened CLIPTextModel (no ``text_model.`` level); the SD 1.x layout has it
+    return key if key.startswith("text_model.") else f"text_model.{key}"
+
+
+def ldm_key_map(pipe) -> dict[str, str]:
+    """Where each tensor goes: ``"unet.KEY"`` / ``"vae.KEY"`` / ``"text_encoder.KEY"`` -> LDM key.
+
+    Raises :class:`SingleFileUnsupported` naming any tensor the layout has no place for.
+    """
+    mapping: dict[str, str] = {}
+    unplaced: list[str] = []
+    for component, prefix, places in (("unet", UNET_PREFIX, _unet_places(pipe.unet)),
+                                      ("vae", VAE_PREFIX, _vae_places(pipe.vae))):
+        for key in getattr(pipe, component).state_dict():
+            ldm = places.ldm_key(key)
+            if ldm is None:
+                unplaced.append(f"{component}.{key}")
+            else:
+                mapping[f"{component}.{key}"] = prefix + ldm
+    for key in pipe.text_encoder.state_dict():
+        mapping[f"text_encoder.{key}"] = TEXT_ENCODER_PREFIX + _text_encoder_key(key)
+    if unplaced:
+        shown = ", ".join(unplaced[:5]) + (f" and {len(unplaced) - 5} more" if len(unplaced) > 5 else "")
+        raise SingleFileUnsupported(f"the original Stable Diffusion checkpoint layout has no place for {shown}; "
+                                    "export with --format diffusers instead")
+    return mapping
+
+
+def diffusers_to_ldm_state_dict(pipe) -> dict[str, "torch.Tensor"]:
+    """The pipeline's U-Net, VAE and text encoder tensors under their original Stable Diffusion names.
+
+    ``pipe`` must have its edit baked in (no active LoRA layers: fuse and
+    unload first). The VAE attention's q/k/v/proj_out weights become 1x1
+    convolutions; every other tensor keeps its shape.
+    """
+    mapping = ldm_key_map(pipe)
+    out: dict[str, "torch.Tensor"] = {}
+    for component in ("unet", "vae", "text_encoder"):
+        for key, tensor in getattr(pipe, component).state_dict().items():
+            ldm = mapping[f"{component}.{key}"]
+            if ldm in out:  # two places onto one name would silently lose a tensor
+                raise SingleFileUnsupported(f"{component}.{key} and another tensor both map to {ldm}")
+            tensor = tensor.detach()
+            module = ldm.rsplit(".", 2)[-2]
+            if component == "vae" and ".mid.attn_" in ldm and module in _VAE_ATTENTION_CONVS \
+                    and ldm.endswith(".weight") and tensor.ndim == 2:
+                tensor = tensor.reshape(*tensor.shape, 1, 1)
+            out[ldm] = tensor.contiguous()
+    return out
+
+
+def export_single_file(artifact: str | Path, out_path: str | Path, *, public_key=None, allow_unsigned: bool = False,
+                       allow_failed_audit: bool = False) -> Path:
+    """Write the edited model as one ``.safetensors`` file at ``out_path`` (which must not exist).
+
+    The artifact is loaded under the loading rule (verified, signed, audit
+    passed unless waived), the LoRA fused, and the result written in the
+    original Stable Diffusion layout. The file's metadata names the artifact
+    and its content id.
+    """
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from policykit.artifact.load import load_pipeline
+    from policykit.artifact.manifest import read_manifest
+
+    out_path = Path(out_path)
+    if out_path.exists():
+        raise FileExistsError(f"{out_path} exists; choose a new file name")
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"{out_path}: a single-file export is a .safetensors file; name it *.safetensors")
+    pipe = load_pipeline(artifact, public_key=public_key, allow_unsigned=allow_unsigned,
+                         allow_failed_audit=allow_failed_audit)
+    if getattr(pipe.unet, "peft_config", None):
+        pipe.unet.fuse_lora()
+        pipe.unet.unload_lora()
+    state = diffusers_to_ldm_state_dict(pipe)
+    manifest = read_manifest(Path(artifact))
+    metadata = {"format": "pt", "policykit_export": json.dumps({
+        "format_version": 1, "artifact": str(Path(artifact).resolve()), "policy": manifest["policy"]["name"],
+        "version": manifest["policy"]["version"], "content_id": manifest["content_id"],
+        "base_model": manifest["base_model"], "audit_status": manifest.get("status")}, sort_keys=True)}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # write next to the target and rename, so a failed export never leaves a half-written file
+    with tempfile.NamedTemporaryFile(dir=out_path.parent, suffix=".partial", delete=False) as tmp:
+        staging = Path(tmp.name)
+    try:
+        save_file(state, str(staging), metadata=metadata)
+        staging.replace(out_path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return out_path
