@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write an artifact as a full model for other tools")
     p.add_argument("artifact", metavar="ARTIFACT")
     p.add_argument("--format", choices=("diffusers", "single-file"), default="diffusers",
-                   help="diffusers: a StableDiffusionPipeline directory (default)")
+                   help="diffusers: a StableDiffusionPipeline directory (default); single-file: one "
+                        ".safetensors in the original Stable Diffusion (LDM) layout")
     p.add_argument("--out", metavar="PATH", required=True, help="where to write it (must not exist)")
     _add_loading_rule(p)
 
