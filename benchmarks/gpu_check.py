@@ -47,24 +47,9 @@ SIZES = {
 
 def build_tokenizer():
     """A CLIP BPE tokenizer over letters plus :data:`WORDS` (77 tokens, SD 1.x padding)."""
-    from transformers import CLIPTokenizer
+    from policykit.testing import build_clip_tokenizer
 
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab: dict[str, int] = {}
-    for token in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(token, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            rule = (pieces[0], pieces[1])
-            if rule not in merges:
-                merges.append(rule)
-            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab.setdefault(special, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>", model_max_length=77)
+    return build_clip_tokenizer(max_length=77, words=WORDS)
 
 
 def build_pipeline(size: str, seed: int = 0):

@@ -4,35 +4,15 @@ The audit's classifier is a stand-in here (random weights draw nothing a real
 classifier could judge); tests/test_apply_shapes.py runs the real thing.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from policykit.apply import ApplyError, apply_policy
 from policykit.artifact.signing import generate_key_pair
 from policykit.artifact.verify import verify_artifact
 from policykit.cli import main
-
-HERE = Path(__file__).resolve().parent
-
-
-def _tiny_pipeline_module():
-    spec = importlib.util.spec_from_file_location("tiny_sd", HERE / "realera" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class HalfBright:
-    """Says an image shows the concept when its mean is above mid-grey."""
-
-    name = "test:half-bright"
-
-    def shows(self, images, concept):
-        return [bool(np.asarray(img).mean() > 127) for img in images]
+from policykit.testing import HalfBright
 
 
 POLICY = """\
@@ -69,16 +49,6 @@ audit:
 output:
   dir: {out}
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("tiny-model")
-    _tiny_pipeline_module().build_tiny_pipeline().save_pretrained(path)
-    return path
 
 
 def _policy(tmp_path, model, version="1.0.0", radius="0.2"):

@@ -5,32 +5,11 @@ converters), so a key named or shaped wrongly shows up as a missing weight or
 a different output, not as a string comparison with our own table.
 """
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from policykit.cli import main
-
-HERE = Path(__file__).resolve().parent
-
-
-def _tiny_sd():
-    spec = importlib.util.spec_from_file_location("tiny_sd", HERE / "realera" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class HalfBright:
-    """Stand-in audit classifier: random weights draw nothing a real classifier could judge."""
-
-    name = "test:half-bright"
-
-    def shows(self, images, concept):
-        import numpy as np
-
-        return [bool(np.asarray(img).mean() > 127) for img in images]
+from policykit.testing import HalfBright, build_tiny_pipeline
 
 
 POLICY = """\
@@ -75,7 +54,7 @@ def base_model(tmp_path_factory):
 
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("tiny-model")
-    _tiny_sd().build_tiny_pipeline().save_pretrained(path)
+    build_tiny_pipeline().save_pretrained(path)
     return path
 
 
@@ -146,7 +125,7 @@ def test_every_tensor_is_placed_exactly_once_in_the_three_ldm_sections():
     from policykit.artifact.single_file import (TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX,
                                                 diffusers_to_ldm_state_dict, ldm_key_map)
 
-    pipe = _tiny_sd().build_tiny_pipeline()
+    pipe = build_tiny_pipeline()
     mapping = ldm_key_map(pipe)
     expected = {f"{c}.{k}" for c in ("unet", "vae", "text_encoder") for k in getattr(pipe, c).state_dict()}
     assert set(mapping) == expected  # nothing dropped
@@ -165,7 +144,7 @@ def test_every_tensor_is_placed_exactly_once_in_the_three_ldm_sections():
 def test_tensor_without_a_place_is_an_error_not_dropped():
     from policykit.artifact.single_file import SingleFileUnsupported, ldm_key_map
 
-    pipe = _tiny_sd().build_tiny_pipeline()
+    pipe = build_tiny_pipeline()
     pipe.unet = _another_unet(class_embed_type="timestep", **UNET_CONFIGS[1])
     with pytest.raises(SingleFileUnsupported, match="class_embedding"):
         ldm_key_map(pipe)

@@ -1,22 +1,17 @@
 """`policykit neighbors`: what a radius covers, on a tiny random model saved to disk."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from policykit.cli import main
-
-_spec = importlib.util.spec_from_file_location("tiny_pipeline", Path(__file__).parent / "realera" / "conftest.py")
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
+from policykit.testing import build_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny"
-    tiny.build_tiny_pipeline().save_pretrained(str(path))
+    build_tiny_pipeline().save_pretrained(str(path))
     return path
 
 

@@ -51,7 +51,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from policykit.plan import BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT, MINE_NEIGHBORS, NOISE_ALIGNMENT
 from policykit.realera.prompts import DEFAULT_LEAK_PADDING

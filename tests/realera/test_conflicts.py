@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import build_tiny_pipeline
+from policykit.testing import build_tiny_pipeline
 from policykit.cli import main
 from policykit.realera.conflicts import PRESERVE_INSIDE_RADIUS, load_text_model, radius_coverage
 

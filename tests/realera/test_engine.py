@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from conftest import build_tiny_pipeline
+from policykit.testing import build_tiny_pipeline
 from policykit.plan import AUDIT, METHOD_STAGES, compile_plan
 from policykit.policy.schema import Policy
 from policykit.realera import engine
