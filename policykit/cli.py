@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from policykit import __version__
@@ -164,6 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that may load a model (and so import transformers).
+MODEL_COMMANDS = frozenset({"plan", "apply", "generate", "audit", "export", "neighbors"})
+
+
+class _NotTorchvision(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+def _drop_torchvision_notices() -> None:
+    """transformers announces, whenever diffusers is imported, that torchvision is missing and
+    it falls back to PIL image processors; policykit needs no torchvision. The filter sits on
+    the one logger that says it (created here without importing transformers), so every other
+    transformers warning still shows."""
+    logging.getLogger("transformers.utils.import_utils").addFilter(_NotTorchvision())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``policykit`` console script; returns the exit code."""
     parser = build_parser()
@@ -171,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_OK
+    if args.command in MODEL_COMMANDS:
+        _drop_torchvision_notices()
     module = importlib.import_module(f"policykit.commands.{args.command.replace('-', '_')}")
     try:
         return int(module.run(args))
