@@ -211,25 +211,17 @@ def export_single_file(artifact: str | Path, out_path: str | Path, *, public_key
 
     from safetensors.torch import save_file
 
-    from policykit.artifact.load import load_pipeline
-    from policykit.artifact.manifest import read_manifest
+    from policykit.artifact.export import export_note, load_baked_pipeline
 
     out_path = Path(out_path)
     if out_path.exists():
         raise FileExistsError(f"{out_path} exists; choose a new file name")
     if out_path.suffix != ".safetensors":
         raise ValueError(f"{out_path}: a single-file export is a .safetensors file; name it *.safetensors")
-    pipe = load_pipeline(artifact, public_key=public_key, allow_unsigned=allow_unsigned,
-                         allow_failed_audit=allow_failed_audit)
-    if getattr(pipe.unet, "peft_config", None):
-        pipe.unet.fuse_lora()
-        pipe.unet.unload_lora()
+    pipe = load_baked_pipeline(artifact, public_key=public_key, allow_unsigned=allow_unsigned,
+                               allow_failed_audit=allow_failed_audit)
     state = diffusers_to_ldm_state_dict(pipe)
-    manifest = read_manifest(Path(artifact))
-    metadata = {"format": "pt", "policykit_export": json.dumps({
-        "format_version": 1, "artifact": str(Path(artifact).resolve()), "policy": manifest["policy"]["name"],
-        "version": manifest["policy"]["version"], "content_id": manifest["content_id"],
-        "base_model": manifest["base_model"], "audit_status": manifest.get("status")}, sort_keys=True)}
+    metadata = {"format": "pt", "policykit_export": json.dumps(export_note(artifact), sort_keys=True)}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # write next to the target and rename, so a failed export never leaves a half-written file
     with tempfile.NamedTemporaryFile(dir=out_path.parent, suffix=".partial", delete=False) as tmp:
