@@ -81,3 +81,16 @@ def test_loaded_artifact_draws_no_red_circle_for_apple(demo_artifacts):
     blue = [r.concept for r in classify_images(world, images[1])]
     assert world.concept("red circle") not in apple
     assert blue.count(world.concept("blue circle")) >= 3
+
+
+def test_audit_command_reproduces_the_published_numbers(demo_artifacts, tmp_path, capsys):
+    from policykit.cli import main
+
+    first, _, keys = demo_artifacts
+    out = tmp_path / "re-audit"
+    assert main(["audit", str(first.path), "--public-key", str(keys.public_key), "--out", str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    published = json.loads((first.path / "audit" / "report.json").read_text())
+    assert again["verdict"] == "passed"
+    assert again["metrics"] == published["metrics"]  # same prompts, same per-image seeds, same numbers
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
