@@ -137,32 +137,29 @@ def apply_policy(policy_path: str | Path, *, plan_path: str | Path | None = None
     identity = inputs_id(plan.plan_hash, model_sha)
 
     try:
-        writer = ArtifactWriter(location).__enter__()
-    except ArtifactLocked as exc:
-        raise ApplyError(str(exc)) from None
-    try:
-        existing = writer.existing
-        if existing is not None:
-            if existing.get("inputs_id") == identity:
-                emit("log", message=f"{location.path} already holds this exact policy, plan and model: nothing to do")
-                return ApplyOutcome("unchanged", location.path, existing, location.signature.exists())
-            raise ApplyError(
-                f"{location.path} already exists with different content (plan "
-                f"{existing.get('plan', {}).get('hash', '?')[:12]} vs {plan.plan_hash[:12]}); artifacts are never "
-                "overwritten: bump metadata.version")
-        manifest, seconds = _build(writer.staging, policy_path, loaded, graph, plan, model, model_sha, identity,
-                                   key, cache_dir, device, classifier, emit)
-        signature = None
-        if key is not None:
-            from policykit.artifact.signing import sign_directory
+        with ArtifactWriter(location) as writer:
+            existing = writer.existing
+            if existing is not None:
+                if existing.get("inputs_id") == identity:
+                    emit("log", message=f"{location.path} already holds this exact policy, plan and model: nothing to do")
+                    return ApplyOutcome("unchanged", location.path, existing, location.signature.exists())
+                raise ApplyError(
+                    f"{location.path} already exists with different content (plan "
+                    f"{existing.get('plan', {}).get('hash', '?')[:12]} vs {plan.plan_hash[:12]}); artifacts are never "
+                    "overwritten: bump metadata.version")
+            manifest, seconds = _build(writer.staging, policy_path, loaded, graph, plan, model, model_sha, identity,
+                                       key, cache_dir, device, classifier, emit)
+            signature = None
+            if key is not None:
+                from policykit.artifact.signing import sign_directory
 
-            emit("stage", name="sign", message=f"signing with {key}")
-            signature = sign_directory(writer.staging, key)
-        writer.commit(signature=signature)
-        emit("log", message=f"published {location.path}" + (" (signed)" if signature else " (unsigned)"))
-        return ApplyOutcome("created", location.path, manifest, signature is not None, seconds)
-    finally:
-        writer.__exit__(None, None, None)
+                emit("stage", name="sign", message=f"signing with {key}")
+                signature = sign_directory(writer.staging, key)
+            writer.commit(signature=signature)
+            emit("log", message=f"published {location.path}" + (" (signed)" if signature else " (unsigned)"))
+            return ApplyOutcome("created", location.path, manifest, signature is not None, seconds)
+    except ArtifactLocked as exc:  # raised on entry only: nothing was written
+        raise ApplyError(str(exc)) from None
 
 
 def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_sha: str, identity: str,

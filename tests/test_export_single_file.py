@@ -48,24 +48,13 @@ output:
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    """The tiny random pipeline saved as a diffusers directory (the artifact's base model)."""
-    import torch
-
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("tiny-model")
-    build_tiny_pipeline().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory, base_model):
+def artifact(tmp_path_factory, tiny_model):
     """An unsigned artifact with a cross-attention delta and a LoRA on the tiny model."""
     from policykit.apply import apply_policy
 
     root = tmp_path_factory.mktemp("artifact")
     policy = root / "policy.yaml"
-    policy.write_text(POLICY.format(model=base_model, out=root / "artifacts"))
+    policy.write_text(POLICY.format(model=tiny_model, out=root / "artifacts"))
     return apply_policy(policy, classifier=HalfBright()).path
 
 
@@ -151,7 +140,7 @@ def test_tensor_without_a_place_is_an_error_not_dropped():
 
 
 @pytest.mark.slow
-def test_single_file_export_loads_back_with_the_edited_outputs(tmp_path, artifact, base_model, capsys):
+def test_single_file_export_loads_back_with_the_edited_outputs(tmp_path, artifact, tiny_model, capsys):
     import torch
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
@@ -166,8 +155,8 @@ def test_single_file_export_loads_back_with_the_edited_outputs(tmp_path, artifac
 
     edited = load_pipeline(artifact, allow_unsigned=True)
     assert edited.unet.peft_config  # the artifact's LoRA is live here, fused in the file
-    loaded = StableDiffusionPipeline.from_single_file(str(out), config=str(base_model), local_files_only=True)
-    base = StableDiffusionPipeline.from_pretrained(base_model)
+    loaded = StableDiffusionPipeline.from_single_file(str(out), config=str(tiny_model), local_files_only=True)
+    base = StableDiffusionPipeline.from_pretrained(tiny_model)
 
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 4, 8, 8, generator=generator)
