@@ -6,10 +6,14 @@ it on a published artifact). Settings come from the plan's ``audit`` stage.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from policykit.audit.report import AuditResult, render_html, render_json, render_markdown
+
+if TYPE_CHECKING:
+    from policykit.audit.sampling import AuditPrompt
 
 #: Sampling settings by base model (audit images, training latents, ``generate``).
 SHAPES_SAMPLING = {"steps": 25, "guidance": 4.0}
@@ -47,6 +51,58 @@ def build_audit_classifier(plan, spec: str | None = None):
     return build_classifier(spec or configured, plan.inputs.base_model.id, labels)
 
 
+@dataclass(frozen=True)
+class AuditPromptSet:
+    """What the audit draws: the plan's prompts, then held-out mined neighbours of each erased concept.
+
+    ``conditionings`` holds the neighbours' text-encoder outputs (None without
+    neighbours); the edit leaves the text encoder alone, so one set serves the
+    base and the edited model.
+    """
+
+    texts: list[AuditPrompt]
+    neighbors: list[AuditPrompt]
+    conditionings: object = None
+
+    @property
+    def prompts(self) -> list[AuditPrompt]:
+        return self.texts + self.neighbors
+
+
+def audit_prompt_set(plan, pipe) -> AuditPromptSet:
+    """The plan's audit prompts and held-out neighbours (drawn with ``pipe``'s text encoder)."""
+    from policykit.audit.sampling import audit_prompts, neighbor_conditionings
+
+    neighbors, conditionings = neighbor_conditionings(plan, pipe, seed=_audit_seed(plan))
+    return AuditPromptSet(audit_prompts(plan), neighbors, conditionings)
+
+
+def _audit_seed(plan) -> int:
+    stage = plan.stage("audit")
+    return plan.seed if stage is None else stage.settings.get("seed", plan.seed)
+
+
+def draw_prompt_set(plan, pipe, prompt_set: AuditPromptSet, *, per_prompt: int | None = None,
+                    on_batch: Callable[[int], None] | None = None):
+    """Images of every prompt of ``prompt_set`` with ``pipe``, ``(prompts, per_prompt, H, W, 3)`` uint8:
+    the plan's audit seed, samples per prompt (unless ``per_prompt``) and the model's sampling settings."""
+    import numpy as np
+
+    from policykit.audit.sampling import generate
+
+    stage = plan.stage("audit")
+    if per_prompt is None:
+        per_prompt = 4 if stage is None else stage.settings["samples_per_prompt"]
+    sampling = sampling_for(plan.inputs.base_model.id)
+    kwargs = dict(per_prompt=per_prompt, seed=_audit_seed(plan), steps=sampling["steps"],
+                  guidance=sampling["guidance"], on_batch=on_batch)
+    images = generate(pipe, [p.prompt for p in prompt_set.texts], **kwargs)
+    if prompt_set.neighbors:
+        names = [p.prompt for p in prompt_set.neighbors]
+        images = np.concatenate([images, generate(pipe, names, conditionings=prompt_set.conditionings, **kwargs)])
+    return images
+
+
 def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] | None = None,
                coverage: dict | None = None, graph_svg: str | None = None,
                emit: Callable[..., None] = lambda event, **fields: None) -> AuditResult:
@@ -57,9 +113,7 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     a spec string; default: the plan's ``audit.classifier``, else the model's default.
     """
     from policykit.audit.metrics import check_thresholds, compute_metrics
-    import numpy as np
-
-    from policykit.audit.sampling import audit_prompts, classify_outcomes, generate, neighbor_conditionings
+    from policykit.audit.sampling import classify_outcomes
     from policykit.realera.engine import apply_edit
 
     stage = plan.stage("audit")
@@ -67,36 +121,23 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
         raise ValueError("the plan has no audit stage (audit.enabled is false)")
     settings = stage.settings
     model_id = plan.inputs.base_model.id
-    prompts = audit_prompts(plan)
     if classifier is None or isinstance(classifier, str):
         classifier = build_audit_classifier(plan, classifier)
     per_prompt = settings["samples_per_prompt"]
-    from policykit.audit.sampling import NEIGHBORS_PER_CONCEPT
-
-    total = 2 * (len(prompts) + NEIGHBORS_PER_CONCEPT * len(plan.erase)) * per_prompt
-    emit("stage", name="audit", message=f"auditing {len(prompts)} prompts x {per_prompt} images with the base and "
-         f"the edited model ({total} images)", total=total)
+    prompt_set = audit_prompt_set(plan, pipe)
+    prompts = prompt_set.prompts
+    total = 2 * len(prompts) * per_prompt
+    emit("stage", name="audit", message=f"auditing {len(prompt_set.texts)} prompts x {per_prompt} images with the "
+         f"base and the edited model ({total} images)", total=total)
     done = [0]
 
     def tick(n: int) -> None:
         done[0] += n
         emit("progress", name="audit", completed=done[0], total=total)
 
-    sampling = sampling_for(model_id)
-    kwargs = dict(per_prompt=per_prompt, seed=settings.get("seed", plan.seed), steps=sampling["steps"],
-                  guidance=sampling["guidance"], on_batch=tick)
-    texts = [p.prompt for p in prompts]
-    before = generate(pipe, texts, **kwargs)
-    # The edit leaves the text encoder alone, so neighbours drawn now serve both models.
-    neighbors, conditionings = neighbor_conditionings(plan, pipe, seed=kwargs["seed"])
-    names = [p.prompt for p in neighbors]
-    if neighbors:
-        before = np.concatenate([before, generate(pipe, names, conditionings=conditionings, **kwargs)])
+    before = draw_prompt_set(plan, pipe, prompt_set, on_batch=tick)
     apply_edit(pipe, edit)
-    after = generate(pipe, texts, **kwargs)
-    if neighbors:
-        after = np.concatenate([after, generate(pipe, names, conditionings=conditionings, **kwargs)])
-    prompts = prompts + neighbors
+    after = draw_prompt_set(plan, pipe, prompt_set, on_batch=tick)
     outcomes = classify_outcomes(prompts, before, after, classifier,
                                  grid_scale=4 if model_id == "builtin:shapes" else 1)
     metrics_before = compute_metrics(o.before for o in outcomes)

@@ -1,0 +1,561 @@
+"""Is RealEra better than the methods it extends? Erasure quality on builtin:shapes.
+
+A fixed suite of erasure tasks, each run with the same prompts, seeds and
+pixel-truth classifier for the base model and every method preset
+(``uce``, ``esd``, ``mace``, ``realera-no-bcr``, ``realera``), then a sweep of
+RealEra's neighbour radius and beyond radius. For each method and task it
+reports Acc_e, Acc_g, Acc_s, H_o (docs/method.md, "Measuring it") and the
+wall time of the edit.
+
+    python benchmarks/quality.py                        # everything, 2 worker processes
+    python benchmarks/quality.py --tasks pair,associated --methods uce,realera
+    python benchmarks/quality.py --no-sweep --jobs 1
+    python benchmarks/quality.py --report-only          # tables from the results already on disk
+
+Every task lists, besides the policy's own phrases, *held-out* prompts the
+policy never names: other phrases of the erased concept (expected erased) and
+other concepts of the world (expected preserved). The listed phrases are
+erased by every method directly; the held-out ones show whether the edit
+erased a region or only a list, and what it cost elsewhere.
+
+One result per (task, method, settings) is stored under ``--results``
+(default ``.policykit-cache/bench-quality``) as soon as it is measured, so an
+interrupted run resumes where it stopped; ``--fresh`` measures again. The
+tables are printed and written to docs/benchmarks.md (section ``quality``),
+the sweep's plot to docs/images/quality-sweep.png (needs matplotlib:
+``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+METHODS = ("uce", "esd", "mace", "realera-no-bcr", "realera")
+#: The audit templates of every task (the demo's): erased prompts are drawn in each.
+TEMPLATES = ("a {}", "a picture of a {}", "an image of a {}")
+#: Neighbour settings of every task (the demo's); the sweep varies radius and beyond radius.
+RADIUS, SAMPLES, MIN_COSINE, SPACE = 0.3, 16, 0.7, "text"
+#: Noise-alignment settings (the demo's).
+LORA = {"steps": 100, "batch_size": 8}
+SWEEP_RADII = (0.1, 0.2, 0.3, 0.45, 0.6)
+SWEEP_BEYOND = (1.5, 2.0, 3.0)  # beyond radius as a multiple of the radius
+BUILD_VERSION = 1  # bump when the way a result is measured changes (part of every result key)
+
+
+@dataclass(frozen=True)
+class Erase:
+    concept: str
+    anchor: str
+    synonyms: tuple[str, ...] = ()
+    associated: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One erasure task: what the policy lists, and what the benchmark holds out of it."""
+
+    name: str
+    kind: str
+    erase: tuple[Erase, ...]
+    preserve: tuple[str, ...]
+    #: (phrase, concept it means): other ways to reach an erased concept, not in the policy.
+    held_out_erased: tuple[tuple[str, str], ...] = ()
+    #: Other concepts of the world, not in the policy: they must still be drawn.
+    held_out_preserved: tuple[str, ...] = ()
+
+
+def _set(names: list[str], preserve: list[str], held_out_preserved: list[str], name: str) -> Task:
+    """A multi-concept task: each ``<colour> <shape>`` to ``gray <shape>``, one listed synonym and its
+    associated words, one held-out synonym each."""
+    from policykit.shapes.world import load_world
+
+    world = load_world()
+    erase, held = [], []
+    for concept in names:
+        colour, shape = concept.split()
+        cs, ss = world.colour_synonyms[colour], world.shape_synonyms[shape]
+        associated = tuple(w for w, c in world.associated.items() if c.name == concept)
+        erase.append(Erase(concept, f"gray {shape}", (f"{cs[0]} {shape}",), associated))
+        held.append((f"{cs[-1]} {ss[0]}", concept))
+    return Task(name, f"{len(names)} concepts at once", tuple(erase), tuple(preserve), tuple(held),
+                tuple(held_out_preserved))
+
+
+#: Ten colour-and-shape pairs spread over colours and shapes; set-k erases the first k.
+SET_ORDER = ["red circle", "blue square", "green triangle", "yellow cross", "purple circle", "red square",
+             "blue triangle", "green cross", "yellow circle", "purple square"]
+#: Pairs no set erases: the sets' preserves and held-out preserves come from these.
+SET_REST = ["red triangle", "red cross", "blue circle", "blue cross", "green circle", "green square",
+            "yellow square", "yellow triangle", "purple triangle", "purple cross"]
+
+
+def tasks() -> list[Task]:
+    """The fixed suite, in the order the tables show it."""
+    return [
+        Task("pair", "a colour-and-shape pair",
+             (Erase("red circle", "gray circle", ("crimson circle", "scarlet disc", "red disc"), ("apple", "cherry")),),
+             ("red square", "blue circle", "yellow circle", "green triangle"),
+             (("red dot", "red circle"), ("scarlet circle", "red circle"), ("crimson dot", "red circle")),
+             ("red triangle", "purple circle", "blue square", "green circle")),
+        Task("colour", "a colour across all shapes",
+             (Erase("red circle", "gray circle", ("crimson circle",), ("apple",)),
+              Erase("red square", "gray square", ("scarlet square",), ("brick",)),
+              Erase("red triangle", "gray triangle", ("crimson triangle",)),
+              Erase("red cross", "gray cross", ("scarlet cross",), ("medic",))),
+             ("blue circle", "green square", "yellow triangle", "purple cross"),
+             (("scarlet dot", "red circle"), ("crimson box", "red square"), ("scarlet wedge", "red triangle"),
+              ("crimson plus", "red cross"), ("cherry", "red circle")),
+             ("purple circle", "yellow square", "green triangle", "blue cross")),
+        Task("shape", "a shape across all colours",
+             (Erase("red circle", "red square", ("red disc",), ("apple",)),
+              Erase("green circle", "green square", ("green disc",), ("pea",)),
+              Erase("blue circle", "blue square", ("blue disc",), ("blueberry",)),
+              Erase("yellow circle", "yellow square", ("yellow disc",), ("sun",)),
+              Erase("purple circle", "purple square", ("purple disc",), ("grape",)),
+              Erase("gray circle", "gray square", ("gray disc",))),
+             ("red triangle", "green cross", "blue triangle", "yellow cross"),
+             (("crimson dot", "red circle"), ("jade dot", "green circle"), ("cobalt dot", "blue circle"),
+              ("canary dot", "yellow circle"), ("plum", "purple circle"), ("silver dot", "gray circle")),
+             ("purple triangle", "green triangle", "red cross", "gray triangle")),
+        Task("associated", "a concept reached through an associated word",
+             (Erase("purple circle", "gray circle", ("violet circle", "mauve disc")),),
+             ("purple square", "blue circle", "red circle", "green triangle"),
+             (("grape", "purple circle"), ("plum", "purple circle"), ("violet dot", "purple circle")),
+             ("purple triangle", "yellow circle", "blue square", "gray square")),
+        _set(SET_ORDER[:2], ["red square", "blue circle", "green triangle"], ["yellow cross", "purple circle"],
+             "set-2"),
+        _set(SET_ORDER[:5], SET_REST[:4], SET_REST[4:7], "set-5"),
+        _set(SET_ORDER[:10], SET_REST[:5], SET_REST[5:], "set-10"),
+    ]
+
+
+def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: float | None = None,
+                space: str = SPACE, samples_per_prompt: int = 8) -> dict:
+    """The policy a task compiles to for ``method`` (``beyond``: beyond radius, relative; None: 2 x radius)."""
+    neighbors = {"radius": radius, "samples": SAMPLES, "min_cosine": MIN_COSINE, "space": space}
+    if beyond is not None:
+        neighbors["beyond_radius"] = beyond
+    probes = ([{"prompt": f"a {phrase}", "concept": concept, "expect": "erased"}
+               for phrase, concept in task.held_out_erased]
+              + [{"prompt": f"a {concept}", "concept": concept, "expect": "preserved"}
+                 for concept in task.held_out_preserved])
+    return {
+        "apiVersion": "policykit/v1alpha1", "kind": "ErasurePolicy",
+        "metadata": {"name": f"bench-{task.name}", "version": "1.0.0"},
+        "base_model": {"id": "builtin:shapes"},
+        "defaults": {"neighbors": neighbors, "templates": list(TEMPLATES)},
+        "erase": [{"concept": e.concept, "anchor": e.anchor, "synonyms": list(e.synonyms),
+                   "associated": list(e.associated)} for e in task.erase],
+        "preserve": [{"concept": p} for p in task.preserve],
+        "training": {"method": method, "seed": 0, "lora": dict(LORA)},
+        "audit": {"samples_per_prompt": samples_per_prompt, "probes": probes},
+    }
+
+
+def compile_task(task: Task, method: str, **settings):
+    """The compiled plan of a task for ``method``."""
+    from policykit.plan import compile_plan
+    from policykit.policy.schema import Policy
+
+    return compile_plan(Policy.model_validate(policy_dict(task, method, **settings)))
+
+
+# ---------------------------------------------------------------- one measurement
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One measurement: a task edited by a method with some settings (``method`` "base": no edit)."""
+
+    task: str
+    method: str
+    radius: float = RADIUS
+    beyond: float | None = None
+    space: str = SPACE
+    samples_per_prompt: int = 8
+
+    @property
+    def settings(self) -> dict:
+        return {"radius": self.radius, "beyond": self.beyond, "space": self.space,
+                "samples_per_prompt": self.samples_per_prompt}
+
+    def key(self) -> str:
+        """Names the stored result: the unit's settings and its task's definition."""
+        body = json.dumps({"v": BUILD_VERSION, **asdict(self), "task_definition": asdict(_task(self.task))},
+                          sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        extra = []
+        if self.radius != RADIUS:
+            extra.append(f"r={self.radius:g}")
+        if self.beyond is not None:
+            extra.append(f"beyond={self.beyond:g}")
+        if self.space != SPACE:
+            extra.append(f"{self.space} space")
+        return self.method + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _task(name: str) -> Task:
+    by_name = {t.name: t for t in tasks()}
+    if name not in by_name:
+        raise SystemExit(f"unknown task {name!r}; tasks: {', '.join(by_name)}")
+    return by_name[name]
+
+
+def _load_base_pipeline():
+    from policykit.models import load_pipeline, resolve_model
+
+    return load_pipeline(resolve_model("builtin:shapes"))
+
+
+def _evaluation(task: Task, samples_per_prompt: int, results: Path, pipe):
+    """The task's audit prompts (at the task's own radius, whatever the unit's settings, so every
+    method and sweep point is judged on the same prompts) and the base model's images of them."""
+    import numpy as np
+
+    from policykit.audit.run import audit_prompt_set, draw_prompt_set
+
+    plan = compile_task(task, "realera", samples_per_prompt=samples_per_prompt)
+    prompt_set = audit_prompt_set(plan, pipe)
+    path = results / "base-images" / f"{task.name}-{plan.plan_hash[:16]}-{samples_per_prompt}.npy"
+    if path.is_file():
+        before = np.load(path)
+    else:
+        before = draw_prompt_set(plan, pipe, prompt_set)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, before)
+        os.replace(tmp, path)
+    return plan, prompt_set, before
+
+
+def _shares(outcomes) -> dict:
+    """Acc_e, Acc_g, Acc_s, H_o, and the held-out and listed parts of Acc_g and Acc_s."""
+    from policykit.audit.metrics import compute_metrics
+
+    def share(roles):
+        chosen = [o for o in outcomes if o.role in roles]
+        total = sum(o.images for o in chosen)
+        return sum(o.hits for o in chosen) / total if total else None
+
+    metrics = compute_metrics(outcomes)
+    return {**metrics.to_dict(),
+            "acc_g_listed": share({"synonym", "associated"}), "acc_g_held_out": share({"probe-erased"}),
+            "acc_g_neighbors": share({"neighbor"}),
+            "acc_s_listed": share({"preserved"}), "acc_s_held_out": share({"probe-preserved"}),
+            "images": sum(o.images for o in outcomes)}
+
+
+def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
+    """Run one unit (in this process) and store its result; return it."""
+    import torch
+
+    from policykit.audit.classifiers import PixelTruthClassifier
+    from policykit.audit.sampling import classify_outcomes
+    from policykit.realera.engine import apply_edit, run_plan
+
+    torch.set_num_threads(threads)
+    task = _task(unit.task)
+    pipe = _load_base_pipeline()
+    eval_plan, prompt_set, before = _evaluation(task, unit.samples_per_prompt, results, pipe)
+    classifier = PixelTruthClassifier()
+    record: dict = {"unit": asdict(unit), "label": unit.label(), "prompts": len(prompt_set.prompts)}
+    if unit.method == "base":
+        images, seconds, stages = before, 0.0, {}
+    else:
+        plan = compile_task(task, unit.method, radius=unit.radius,
+                            beyond=None if unit.beyond is None else unit.beyond * unit.radius,
+                            space=unit.space, samples_per_prompt=unit.samples_per_prompt)
+        started = time.perf_counter()
+        edit = run_plan(plan, pipe, cache_dir=None, inputs_key="builtin:shapes", log=lambda line: None,
+                        progress=False)
+        seconds = time.perf_counter() - started
+        stages = {r.name: round(r.seconds, 2) for r in edit.records}
+        record["stage_info"] = {r.name: {k: v for k, v in r.info.items() if isinstance(v, (int, float, str))}
+                                for r in edit.records}
+        record["covered"] = sorted({p["phrase"] for c in edit.coverage for p in c.get("phrases", [])
+                                    if p.get("inside")})
+        apply_edit(pipe, edit)
+        from policykit.audit.run import draw_prompt_set
+
+        images = draw_prompt_set(eval_plan, pipe, prompt_set)
+    outcomes = [pair.after for pair in classify_outcomes(prompt_set.prompts, before, images, classifier)]
+    record.update({"metrics": _shares(outcomes), "edit_seconds": round(seconds, 2), "stages": stages,
+                   "threads": threads,
+                   "per_prompt": [{"prompt": o.prompt, "role": o.role, "hits": o.hits, "images": o.images}
+                                  for o in outcomes]})
+    path = results / unit.task / f"{unit.method}-{unit.key()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return record
+
+
+def _result_path(unit: Unit, results: Path) -> Path:
+    return results / unit.task / f"{unit.method}-{unit.key()}.json"
+
+
+def _worker(args) -> tuple[Unit, dict | None, str | None, float]:
+    from policykit.cli import _drop_torchvision_notices
+
+    _drop_torchvision_notices()
+    unit, results, threads = args
+    started = time.perf_counter()
+    try:
+        return unit, measure(unit, results, threads), None, time.perf_counter() - started
+    except Exception as exc:  # reported and left for a rerun; the other units go on
+        import traceback
+
+        return unit, None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}", \
+            time.perf_counter() - started
+
+
+def run_units(units: list[Unit], results: Path, *, jobs: int, threads: int, fresh: bool) -> dict[Unit, dict]:
+    """Measure the units not already stored (all with ``fresh``), ``jobs`` processes at a time."""
+    import multiprocessing
+
+    done: dict[Unit, dict] = {}
+    todo = []
+    for unit in units:
+        path = _result_path(unit, results)
+        if path.is_file() and not fresh:
+            done[unit] = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            todo.append(unit)
+    if not todo:
+        return done
+    # Base units first: they draw the base images every other unit of their task reuses.
+    todo.sort(key=lambda u: u.method != "base")
+    bases = [u for u in todo if u.method == "base"]
+    rest = [u for u in todo if u.method != "base"]
+    print(f"quality: {len(done)} result(s) on disk, measuring {len(todo)} with {jobs} process(es) x "
+          f"{threads} thread(s)", file=sys.stderr)
+    started = time.perf_counter()
+    failures = []
+    context = multiprocessing.get_context("spawn")
+    count = 0
+    for batch in (bases, rest):
+        if not batch:
+            continue
+        with context.Pool(jobs, maxtasksperchild=1) as pool:
+            for unit, record, error, seconds in pool.imap_unordered(_worker, [(u, results, threads) for u in batch]):
+                count += 1
+                elapsed = time.perf_counter() - started
+                if error:
+                    failures.append((unit, error))
+                    print(f"  [{count}/{len(todo)}] {unit.task} / {unit.label()}: FAILED after {seconds:.0f} s: "
+                          f"{error.splitlines()[0]}", file=sys.stderr)
+                    continue
+                done[unit] = record
+                m = record["metrics"]
+                print(f"  [{count}/{len(todo)}] {unit.task} / {unit.label()}: {_pct(m['acc_e'])} / "
+                      f"{_pct(m['acc_g'])} / {_pct(m['acc_s'])}, H_o {_pct(m['h_o'])}, edit "
+                      f"{record['edit_seconds']:.0f} s ({seconds:.0f} s in all; {elapsed / 60:.1f} min so far)",
+                      file=sys.stderr)
+    for unit, error in failures:
+        print(f"quality: {unit.task} / {unit.label()} failed:\n{error}", file=sys.stderr)
+    return done
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict], samples: int) -> list[list[str]]:
+    rows = []
+    for task in task_list:
+        for method in ["base", *methods]:
+            record = done.get(Unit(task.name, method, samples_per_prompt=samples))
+            if record is None:
+                continue
+            m = record["metrics"]
+            rows.append([task.name, method, _pct(m["acc_e"]), _pct(m["acc_g"]), _pct(m["acc_g_held_out"]),
+                         _pct(m["acc_g_neighbors"]), _pct(m["acc_s"]), _pct(m["acc_s_held_out"]), _pct(m["h_o"]),
+                         "-" if method == "base" else f"{record['edit_seconds']:.0f}"])
+    return rows
+
+
+MAIN_HEADERS = ["task", "method", "Acc_e", "Acc_g", "held-out", "neighbours", "Acc_s", "held-out", "H_o", "edit s"]
+
+
+def summary_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict], samples: int) -> list[list[str]]:
+    """Per method: mean H_o over the tasks measured for every method, and tasks where it is best."""
+    names = [t.name for t in task_list if all(Unit(t.name, m, samples_per_prompt=samples) in done
+                                              for m in ["base", *methods])]
+    rows = []
+    for method in ["base", *methods]:
+        values = [done[Unit(t, method, samples_per_prompt=samples)]["metrics"]["h_o"] for t in names]
+        best = [t for t in names if done[Unit(t, method, samples_per_prompt=samples)]["metrics"]["h_o"]
+                >= max(done[Unit(t, m, samples_per_prompt=samples)]["metrics"]["h_o"] for m in methods) - 1e-9
+                and method != "base"]
+        seconds = [done[Unit(t, method, samples_per_prompt=samples)]["edit_seconds"] for t in names]
+        rows.append([method, _pct(sum(values) / len(values)) if values else "n/a",
+                     ", ".join(best) or "-", "-" if method == "base" else f"{sum(seconds) / max(len(seconds), 1):.0f}"])
+    return rows
+
+
+def sweep_units(task: str, samples: int) -> list[Unit]:
+    return [Unit(task, "realera", radius=r, beyond=b, samples_per_prompt=samples)
+            for r in SWEEP_RADII for b in SWEEP_BEYOND]
+
+
+def sweep_rows(units: list[Unit], done: dict[Unit, dict]) -> list[list[str]]:
+    rows = []
+    for unit in units:
+        record = done.get(unit)
+        if record is None:
+            continue
+        m = record["metrics"]
+        rows.append([f"{unit.radius:g}", f"{unit.beyond * unit.radius:.3g} ({unit.beyond:g} r)", _pct(m["acc_e"]),
+                     _pct(m["acc_g"]), _pct(m["acc_g_held_out"]), _pct(m["acc_s"]), _pct(m["acc_s_held_out"]),
+                     _pct(m["h_o"])])
+    return rows
+
+
+SWEEP_HEADERS = ["radius", "beyond radius", "Acc_e", "Acc_g", "held-out", "Acc_s", "held-out", "H_o"]
+
+
+def plot_sweep(units: list[Unit], done: dict[Unit, dict], references: dict[str, dict], path: Path) -> Path | None:
+    """Generality (1 - Acc_g) against specificity (Acc_s), one point per sweep setting; other methods
+    as reference marks. None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("quality: matplotlib is not installed (pip install -e '.[bench]'); no plot", file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    markers = {1.5: "o", 2.0: "s", 3.0: "^"}
+    for beyond in SWEEP_BEYOND:
+        points = [(u, done[u]["metrics"]) for u in units if u.beyond == beyond and u in done]
+        if not points:
+            continue
+        xs = [m["acc_s"] for _, m in points]
+        ys = [1 - m["acc_g"] for _, m in points]
+        ax.plot(xs, ys, marker=markers.get(beyond, "o"), label=f"realera, beyond = {beyond:g} x radius")
+        for (u, _), x, y in zip(points, xs, ys):
+            ax.annotate(f"r={u.radius:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for name, metrics in references.items():
+        ax.scatter([metrics["acc_s"]], [1 - metrics["acc_g"]], marker="x", s=50, label=name)
+    ax.set_xlabel("specificity Acc_s (higher is better)")
+    ax.set_ylabel("generality 1 - Acc_g (higher is better)")
+    ax.set_title(f"RealEra radius sweep on task '{units[0].task}' (builtin:shapes)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", help="comma-separated task names (default: all)")
+    parser.add_argument("--methods", help=f"comma-separated presets (default: {','.join(METHODS)})")
+    parser.add_argument("--sweep-task", default="associated", help="task the radius sweep runs on")
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--space-check", action="store_true",
+                        help="also run realera in token space on every task (the default-space question)")
+    parser.add_argument("--samples", type=int, default=8, help="images per audit prompt (default: 8)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
+    parser.add_argument("--results", type=Path, default=ROOT / ".policykit-cache" / "bench-quality")
+    parser.add_argument("--fresh", action="store_true", help="measure again even where a result is stored")
+    parser.add_argument("--report-only", action="store_true", help="only print and write what is stored")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
+    args = parser.parse_args(argv)
+
+    from report import header, markdown_table, text_table, write_section
+
+    task_list = [_task(n) for n in args.tasks.split(",")] if args.tasks else tasks()
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    units = [Unit(t.name, m, samples_per_prompt=args.samples) for t in task_list for m in ["base", *methods]]
+    if args.space_check:
+        units += [Unit(t.name, "realera", space="token", samples_per_prompt=args.samples) for t in task_list]
+    sweep = [] if args.no_sweep else sweep_units(args.sweep_task, args.samples)
+    units += [u for u in sweep if u not in units]
+    started = time.perf_counter()
+    if args.report_only:
+        done = {u: json.loads(_result_path(u, args.results).read_text()) for u in units
+                if _result_path(u, args.results).is_file()}
+    else:
+        done = run_units(units, args.results, jobs=args.jobs, threads=args.threads, fresh=args.fresh)
+    minutes = (time.perf_counter() - started) / 60
+
+    rows = main_rows(task_list, methods, done, args.samples)
+    summary = summary_rows(task_list, methods, done, args.samples)
+    print(text_table(MAIN_HEADERS, rows))
+    print()
+    print(text_table(["method", "mean H_o", "best H_o on", "mean edit s"], summary))
+    space_rows = []
+    if args.space_check:
+        for t in task_list:
+            text = done.get(Unit(t.name, "realera", samples_per_prompt=args.samples))
+            token = done.get(Unit(t.name, "realera", space="token", samples_per_prompt=args.samples))
+            if text and token:
+                space_rows.append([t.name] + [f"{_pct(r['metrics']['acc_g'])} / {_pct(r['metrics']['acc_s'])} / "
+                                              f"{_pct(r['metrics']['h_o'])}" for r in (token, text)])
+        print()
+        print(text_table(["task", "token space: Acc_g / Acc_s / H_o", "text space"], space_rows))
+    plot = None
+    if sweep:
+        print()
+        print(text_table(SWEEP_HEADERS, sweep_rows(sweep, done)))
+        references = {m: done[Unit(args.sweep_task, m, samples_per_prompt=args.samples)]["metrics"]
+                      for m in ["base", *methods] if m != "realera"
+                      and Unit(args.sweep_task, m, samples_per_prompt=args.samples) in done}
+        if not args.no_write:
+            plot = plot_sweep(sweep, done, references, ROOT / "docs" / "images" / "quality-sweep.png")
+    print(f"\nquality: {len(done)} result(s), {minutes:.1f} min this run", file=sys.stderr)
+    if args.no_write:
+        return 0
+    threads = sorted({r.get("threads", 1) for r in done.values()})
+    parts = [
+        header(argv),
+        f"{len(task_list)} tasks x {len(methods) + 1} models, {args.samples} images per prompt, the pixel-truth "
+        f"classifier; edits on {args.jobs} worker process(es) x {args.threads} torch thread(s) "
+        f"(stored results measured with {threads} thread(s)); `edit s` is the wall time of the edit alone "
+        "(no stage cache), the audit images excluded. Shares of images: Acc_e erased prompts still showing the "
+        "concept, Acc_g synonyms, associated words, held-out phrases and held-out mined neighbours still "
+        "showing it (the `held-out` column: phrases of the concept the policy does not list; `neighbours`: "
+        "mined neighbours drawn from a stream the edit never sees), Acc_s preserved concepts drawn correctly "
+        "(`held-out`: concepts the policy does not name).",
+        markdown_table(MAIN_HEADERS, rows),
+        "Per method over the tasks every method finished:",
+        markdown_table(["method", "mean H_o", "best H_o on", "mean edit s"], summary),
+    ]
+    if space_rows:
+        parts += ["Mining space, realera (Acc_g / Acc_s / H_o):",
+                  markdown_table(["task", "token space", "text space"], space_rows)]
+    if sweep:
+        parts += [f"Sweep of the neighbour radius and the beyond radius, realera on task `{args.sweep_task}` "
+                  "(the audit prompts and held-out neighbours are those of the task at radius "
+                  f"{RADIUS:g}, the same for every point):", markdown_table(SWEEP_HEADERS, sweep_rows(sweep, done))]
+        if plot is not None:
+            parts.append(f"![generality against specificity](images/{plot.name})")
+    path = write_section("quality", "\n\n".join(parts))
+    print(f"quality: wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
