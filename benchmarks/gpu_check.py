@@ -9,10 +9,21 @@ stage is the cost on the real model.
 
     python benchmarks/gpu_check.py                 # CPU, reduced size (--size small)
     python benchmarks/gpu_check.py --size full     # 512 px, SD 1.5 widths (a GPU)
-    python benchmarks/gpu_check.py --size full --concepts 10 --steps 200
+    python benchmarks/gpu_check.py --size full --concepts 10 --marginal
 
-Prints one table: each stage's seconds and its key numbers, then a 25-step
-generation of one image (what apply's audit pays per image).
+Prints one table: each stage's seconds, its seconds per concept and its key
+numbers, then a 25-step generation of one image (what apply's audit pays per
+image). ``--marginal`` (with ``--concepts N`` > 1) also runs the same plan
+for 1 concept and adds each stage's cost per extra concept,
+``(T_N - T_1) / (N - 1)``: what one more concept costs, without the fixed
+costs (encoding the preserves, the solve, the LoRA steps, whose number does
+not grow with the concepts). The 1-concept run comes second, so the
+process's warm-up (CUDA context, kernel selection) falls on the N-concept
+run: the marginal cost is, if anything, too high.
+
+On a GPU (or with ``--write``) the table also goes to section ``gpu_check``
+of docs/benchmarks.md, with the command, the date and the machine (the
+card's name included); ``--no-write`` prints only.
 """
 
 from __future__ import annotations
@@ -101,22 +112,68 @@ def build_plan(concepts: int, steps: int, samples: int, method: str):
     return compile_plan(Policy.model_validate(policy))
 
 
+def run_stages(pipe, plan, size: str, device: str | None):
+    """Run the plan's edit stages on ``pipe`` (left as it came); returns the EditResult."""
+    from policykit.realera.engine import EngineOptions, run_plan
+
+    # Latents at the model's size, 1 per template (apply uses 2): enough to time a step of each kind.
+    options = EngineOptions(latents_per_prompt=1, latent_steps=25)
+    return run_plan(plan, pipe, inputs_key=f"gpu-check:{size}", options=options, device=device,
+                    log=lambda line: None, progress=False)
+
+
+def _numbers(info: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def stage_rows(edit, concepts: int, baseline=None) -> list[list[str]]:
+    """One row per engine stage plus their total: seconds, seconds per concept, marginal cost, numbers."""
+    first = {r.name: r.seconds for r in baseline.records} if baseline is not None else {}
+    rows = []
+
+    def row(name: str, seconds: float, one: float | None, numbers: str) -> list[str]:
+        cells = [name, f"{seconds:.2f}", f"{seconds / concepts:.3f}"]
+        if baseline is not None:
+            cells.append("" if one is None else f"{(seconds - one) / (concepts - 1):.3f}")
+        return cells + [numbers]
+
+    for record in edit.records:
+        rows.append(row(record.name, record.seconds, first.get(record.name), _numbers(record.info)))
+    total = sum(r.seconds for r in edit.records)
+    rows.append(row("edit stages, total", total, sum(first.values()) if first else None,
+                    f"{concepts} concept(s)"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Build, run every stage once, print the table."""
+    """Build, run every stage once, print the table (and write it on a GPU)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     parser.add_argument("--concepts", type=int, default=1)
+    parser.add_argument("--marginal", action="store_true",
+                        help="also run 1 concept and report each stage's cost per extra concept")
     parser.add_argument("--steps", type=int, default=20, help="noise-alignment steps (default: 20)")
     parser.add_argument("--samples", type=int, default=16, help="neighbors per phrase and template (default: 16)")
     parser.add_argument("--method", default="realera")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    writing = parser.add_mutually_exclusive_group()
+    writing.add_argument("--write", action="store_true",
+                         help="write section gpu_check of docs/benchmarks.md (default: only on a GPU)")
+    writing.add_argument("--no-write", action="store_true", help="never write docs/benchmarks.md")
     args = parser.parse_args(argv)
+    if args.concepts < 1:
+        parser.error("--concepts must be >= 1")
+    if args.marginal and args.concepts < 2:
+        parser.error("--marginal needs --concepts N with N >= 2")
 
     import torch
 
-    from policykit.realera.engine import EngineOptions, apply_edit, pick_device, run_plan
+    from policykit.cli import _drop_torchvision_notices
+    from policykit.realera.engine import apply_edit, pick_device
 
+    _drop_torchvision_notices()  # as the CLI does for model commands
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -124,36 +181,46 @@ def main(argv: list[str] | None = None) -> int:
     build_seconds = time.perf_counter() - started
     device, dtype = pick_device(args.device)
     params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
-    print(f"gpu_check: size {args.size} ({SIZES[args.size]['image']} px, U-Net {params:.0f}M parameters), "
-          f"{device.type} {str(dtype).replace('torch.', '')}, {args.concepts} concept(s), method {args.method}, "
-          f"NA steps {args.steps}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    plan = build_plan(args.concepts, args.steps, args.samples, args.method)
-    # Latents at the model's size, 1 per template (apply uses 2): enough to time a step of each kind.
-    options = EngineOptions(latents_per_prompt=1, latent_steps=25)
-    edit = run_plan(plan, pipe, inputs_key=f"gpu-check:{args.size}", options=options, device=args.device,
-                    log=lambda line: None, progress=False)
-    rows = [("build components", build_seconds, "")]
-    for record in edit.records:
-        numbers = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.info.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool))
-        rows.append((record.name, record.seconds, numbers))
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    summary = (f"size {args.size} ({SIZES[args.size]['image']} px, U-Net {params:.0f}M parameters), "
+               f"{device.type} {str(dtype).replace('torch.', '')} ({card}), {args.concepts} concept(s), "
+               f"method {args.method}, NA steps {args.steps}, {args.samples} neighbors per template, "
+               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"gpu_check: {summary}")
+    edit = run_stages(pipe, build_plan(args.concepts, args.steps, args.samples, args.method), args.size, args.device)
+    baseline = None
+    if args.marginal:  # second: any warm-up is charged to the N concepts, not subtracted from them
+        baseline = run_stages(pipe, build_plan(1, args.steps, args.samples, args.method), args.size, args.device)
+
+    headers = ["stage", "seconds", "s / concept"] + (["s / extra concept"] if baseline is not None else []) \
+        + ["key numbers"]
+    blank = [""] * (len(headers) - 3)
+    rows = [["build components", f"{build_seconds:.2f}", *blank, ""]]
+    rows += stage_rows(edit, args.concepts, baseline)
     started = time.perf_counter()
     edited = apply_edit(pipe, edit)
-    rows.append(("apply edit", time.perf_counter() - started, f"{len(edit.weights)} projections"))
+    rows.append(["apply edit", f"{time.perf_counter() - started:.2f}", *blank, f"{len(edit.weights)} projections"])
     started = time.perf_counter()
     with torch.no_grad():
         edited("a photo of a cat", num_inference_steps=25, generator=torch.Generator("cpu").manual_seed(0),
                output_type="np")
     if device.type == "cuda":
         torch.cuda.synchronize()
-    rows.append(("generate 1 image, 25 steps", time.perf_counter() - started, "audit cost per image"))
+    rows.append(["generate 1 image, 25 steps", f"{time.perf_counter() - started:.2f}", *blank,
+                 "audit cost per image"])
 
-    width = max(len(r[0]) for r in rows)
-    print(f"{'stage':{width}s}  {'seconds':>8s}  key numbers")
-    for name, seconds, numbers in rows:
-        print(f"{name:{width}s}  {seconds:8.2f}  {numbers}")
+    from report import header, markdown_table, text_table, write_section
+
+    print(text_table(headers, rows))
+    notes = [summary + "."]
     if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        peak = f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        print(peak)
+        notes.append(peak.capitalize() + ".")
+    if args.write or (device.type == "cuda" and not args.no_write):
+        table = markdown_table(headers, rows, "l" + "r" * (len(headers) - 2) + "l")
+        path = write_section("gpu_check", "\n\n".join([header(argv), table, *notes]))
+        print(f"wrote section `gpu_check` of {path.relative_to(Path(__file__).resolve().parents[1])}")
     return 0
 
 
