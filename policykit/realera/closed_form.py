@@ -88,6 +88,10 @@ def _base_linear(module):
     return getattr(module, "base_layer", module)
 
 
+#: Rows converted to float64 at a time when accumulating the Gram matrices.
+CHUNK_ROWS = 16384
+
+
 @dataclass
 class ClosedFormSystem:
     """The three Gram matrices of the closed form, accumulated in float64.
@@ -111,20 +115,32 @@ class ClosedFormSystem:
         self.cross, self.erase, self.preserve = zeros(), zeros(), zeros()
 
     def add_erase(self, embeddings: "torch.Tensor", targets: "torch.Tensor", alpha=1.0) -> None:
-        """Add pairs: rows ``embeddings[i]`` must map to where ``targets[i]`` maps now, weight ``alpha``."""
-        e, e_star = self._rows(embeddings), self._rows(targets)
+        """Add pairs: rows ``embeddings[i]`` must map to where ``targets[i]`` maps now, weight ``alpha``.
+
+        Rows are taken :data:`CHUNK_ROWS` at a time, so the float64 copies stay small
+        whatever the number of concepts (1,000 concepts are ~360,000 rows).
+        """
+        e, e_star = rows(embeddings), rows(targets)
         if e.shape != e_star.shape:
             raise ValueError(f"erase embeddings {tuple(e.shape)} and targets {tuple(e_star.shape)} differ in shape")
+        self._check_width(e)
         weights = self._weights(alpha, e.shape[0])
-        weighted = e * weights[:, None]
-        self.cross += e_star.T @ weighted
-        self.erase += e.T @ weighted
+        for start in range(0, e.shape[0], CHUNK_ROWS):
+            stop = start + CHUNK_ROWS
+            chunk, target = self._float64(e[start:stop]), self._float64(e_star[start:stop])
+            weighted = chunk * weights[start:stop, None]
+            self.cross += target.T @ weighted
+            self.erase += chunk.T @ weighted
         self.n_erase += e.shape[0]
 
     def add_preserve(self, embeddings: "torch.Tensor", beta=1.0) -> None:
-        """Add rows that must keep their projection, weight ``beta``."""
-        p = self._rows(embeddings)
-        self.preserve += p.T @ (p * self._weights(beta, p.shape[0])[:, None])
+        """Add rows that must keep their projection, weight ``beta`` (in chunks, like :meth:`add_erase`)."""
+        p = rows(embeddings)
+        self._check_width(p)
+        weights = self._weights(beta, p.shape[0])
+        for start in range(0, p.shape[0], CHUNK_ROWS):
+            chunk = self._float64(p[start:start + CHUNK_ROWS])
+            self.preserve += chunk.T @ (chunk * weights[start:start + CHUNK_ROWS, None])
         self.n_preserve += p.shape[0]
 
     def right_factor(self, lam: float) -> "torch.Tensor":
@@ -142,12 +158,13 @@ class ClosedFormSystem:
             raise ValueError("the closed-form system is not positive definite; raise lambda")
         return torch.cholesky_solve(left.T.contiguous(), factor).T
 
-    def _rows(self, x: "torch.Tensor") -> "torch.Tensor":
-        import torch
-
-        x = rows(x)
+    def _check_width(self, x: "torch.Tensor") -> None:
         if x.shape[-1] != self.d:
             raise ValueError(f"embeddings have width {x.shape[-1]}, the system {self.d}")
+
+    def _float64(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
         return x.to(device=self.device, dtype=torch.float64)
 
     def _weights(self, weight, n: int) -> "torch.Tensor":

@@ -45,6 +45,25 @@ def test_matches_per_layer_least_squares(n_erase, n_preserve, lam):
         assert (got - reference).norm() / reference.norm() < 1e-6
 
 
+def test_rows_are_accumulated_in_chunks_with_the_same_result(monkeypatch):
+    """Large row counts go in CHUNK_ROWS at a time (bounded float64 copies); the Grams do not change."""
+    import policykit.realera.closed_form as closed_form
+
+    g = torch.Generator().manual_seed(3)
+    e, e_star, p = (torch.randn(50, 8, generator=g) for _ in range(3))
+    alpha, beta = torch.rand(50, generator=g), torch.rand(50, generator=g)
+    whole = ClosedFormSystem(8)
+    whole.add_erase(e, e_star, alpha)
+    whole.add_preserve(p, beta)
+    monkeypatch.setattr(closed_form, "CHUNK_ROWS", 7)
+    chunked = ClosedFormSystem(8)
+    chunked.add_erase(e, e_star, alpha)
+    chunked.add_preserve(p, beta)
+    for name in ("cross", "erase", "preserve"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-12, atol=1e-12)
+    assert (chunked.n_erase, chunked.n_preserve) == (50, 50)
+
+
 def test_system_rejects_bad_input():
     system = ClosedFormSystem(4)
     with pytest.raises(ValueError, match="width"):
