@@ -132,8 +132,6 @@ SD15_CROSS_ATTENTION = (
     + [(f"up_blocks.{b}.attentions.{a}", w) for b, w in ((1, 1280), (2, 640), (3, 320)) for a in (0, 1, 2)]
 )
 SD15_TEXT_WIDTH = 768
-#: Rows per call in the chunked variant of the shared solve (16,384 x 768 float64 = 96 MiB a copy).
-CHUNK_ROWS = 16384
 
 
 def sd15_projections(seed: int = 0, d: int = SD15_TEXT_WIDTH, layers=SD15_CROSS_ATTENTION,
@@ -226,13 +224,12 @@ def input_counts(inputs: dict[str, list]) -> dict[str, float]:
             "inputs_mib": sum(t.numel() * t.element_size() for t in tensors) / 2**20}
 
 
-def shared_refine(projections: dict, inputs: dict[str, list], lam: float,
-                  chunk_rows: int | None = None) -> tuple[dict, dict[str, float]]:
+def shared_refine(projections: dict, inputs: dict[str, list], lam: float) -> tuple[dict, dict[str, float]]:
     """policykit's closed form: accumulate the Grams once, solve once, ``W R`` for every projection.
 
-    ``chunk_rows=None`` hands each row block to :class:`ClosedFormSystem` whole, as the engine does;
-    a number feeds it that many rows at a time (the system accumulates, so the result is the same).
-    Returns the edited weights and the seconds of each phase (``grams``, ``solve``, ``apply``, ``total``).
+    Each row block goes to :class:`ClosedFormSystem` whole, as the engine hands it; the system
+    converts it to float64 ``CHUNK_ROWS`` rows at a time. Returns the edited weights and the
+    seconds of each phase (``grams``, ``solve``, ``apply``, ``total``).
     """
     from policykit.realera.closed_form import ClosedFormSystem, refine_weights
 
@@ -240,22 +237,15 @@ def shared_refine(projections: dict, inputs: dict[str, list], lam: float,
     t0 = time.perf_counter()
     system = ClosedFormSystem(d)
     for rows, targets, alpha in inputs["erase"]:
-        for part in _chunks(rows.shape[0], chunk_rows):
-            system.add_erase(rows[part], targets[part], alpha[part])
+        system.add_erase(rows, targets, alpha)
     for rows, beta in inputs["preserve"]:
-        for part in _chunks(rows.shape[0], chunk_rows):
-            system.add_preserve(rows[part], beta[part])
+        system.add_preserve(rows, beta)
     t1 = time.perf_counter()
     right = system.right_factor(lam)
     t2 = time.perf_counter()
     weights = refine_weights(projections, right)
     t3 = time.perf_counter()
     return weights, {"grams": t1 - t0, "solve": t2 - t1, "apply": t3 - t2, "total": t3 - t0}
-
-
-def _chunks(n: int, size: int | None) -> list[slice]:
-    size = size or max(n, 1)
-    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
 def per_layer_refine(projections: dict, inputs: dict[str, list], lam: float, budget_s: float | None = None,
@@ -333,8 +323,6 @@ def worker_cfr(job: dict) -> dict:
     with PeakRSS() as memory:
         if job["mode"] == "shared":
             weights, seconds = shared_refine(projections, inputs, lam)
-        elif job["mode"] == "shared-chunked":
-            weights, seconds = shared_refine(projections, inputs, lam, chunk_rows=CHUNK_ROWS)
         else:
             weights, seconds = per_layer_refine(projections, inputs, lam, budget_s=job.get("budget_s"),
                                                 progress=log)
@@ -545,22 +533,17 @@ def part_cfr(threads: int, concepts: list[int], budget_s: float) -> tuple[list[s
     import torch
 
     lam = demo_lambda()
-    rows, notes, methods, largest, chunk_diff = [], [], set(), 0.0, 0.0
+    rows, notes, methods, largest = [], [], set(), 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for n in concepts:
             shared = run_worker({"kind": "cfr", "mode": "shared", "concepts": n, "lambda": lam,
                                  "out": f"{tmp}/shared-{n}.pt"}, threads)
-            chunked = run_worker({"kind": "cfr", "mode": "shared-chunked", "concepts": n, "lambda": lam,
-                                  "out": f"{tmp}/chunked-{n}.pt"}, threads)
-            log(f"cfr {n} concepts: shared {shared['total']:.2f} s, chunked {chunked['total']:.2f} s; "
-                "now the per-layer solve")
+            log(f"cfr {n} concepts: shared {shared['total']:.2f} s; now the per-layer solve")
             plain = run_worker({"kind": "cfr", "mode": "per-layer", "concepts": n, "lambda": lam,
                                 "budget_s": budget_s, "out": f"{tmp}/plain-{n}.pt"}, threads)
             methods |= {shared["memory_method"], plain["memory_method"]}
             diff, scale, compared = max_weight_difference(torch.load(f"{tmp}/shared-{n}.pt"),
                                                           torch.load(f"{tmp}/plain-{n}.pt"))
-            chunk_diff = max(chunk_diff, max_weight_difference(torch.load(f"{tmp}/shared-{n}.pt"),
-                                                               torch.load(f"{tmp}/chunked-{n}.pt"))[0])
             full = plain["layers"] == shared["projections"]
             plain_total = plain["total"] if full else plain["per_layer"] * shared["projections"]
             plain_cell = _s(plain_total) if full else \
@@ -569,7 +552,7 @@ def part_cfr(threads: int, concepts: list[int], budget_s: float) -> tuple[list[s
                          _mib(shared["inputs_mib"]),
                          f"{_s(shared['total'])} ({_s(shared['grams'])} / {_s(shared['solve'])} / "
                          f"{_s(shared['apply'])})",
-                         _mib(shared["extra_mib"]), f"{_s(chunked['total'])} / {_mib(chunked['extra_mib'])}",
+                         _mib(shared["extra_mib"]),
                          plain_cell, _mib(plain["extra_mib"]),
                          f"{'' if full else '~'}{plain_total / shared['total']:.0f}x",
                          f"{diff:.1e}" + ("" if compared == shared["projections"] else f" ({compared} proj.)")])
@@ -583,12 +566,9 @@ def part_cfr(threads: int, concepts: list[int], budget_s: float) -> tuple[list[s
     notes.insert(0, f"{2 * len(SD15_CROSS_ATTENTION)} projections ({SD15_TEXT_WIDTH} -> 320/640/1280, float32, random), lambda {lam} (the demo's), "
                  f"rows per concept as {_row_model_words()}; peak memory = {' / '.join(sorted(methods))}, above the "
                  "process after its inputs were built. Max |dW'|: largest difference between the two results "
-                 f"(the largest |W'| is {largest:.2f}).")
-    notes.insert(1, f"Shared, chunked: the same solve with the rows handed to `ClosedFormSystem` {CHUNK_ROWS:,} at a "
-                 f"time instead of in one block per kind, as the engine hands them (largest difference from the "
-                 f"one-block result: {chunk_diff:.1e}). Ratio: per-layer time / shared time (one block).")
+                 f"(the largest |W'| is {largest:.2f}). Ratio: per-layer time / shared time.")
     headers = ["concepts", "erase / preserve rows", "inputs MiB", "shared s (Grams / solve / apply)",
-               "shared peak MiB", "shared, chunked: s / peak MiB", "per-layer s", "per-layer peak MiB", "ratio",
+               "shared peak MiB", "per-layer s", "per-layer peak MiB", "ratio",
                "max abs dW'"]
     return headers, rows, notes
 

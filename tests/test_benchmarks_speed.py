@@ -39,8 +39,6 @@ def test_shared_and_per_layer_solves_agree(speed):
     assert info["layers"] == 6 and set(seconds) == {"grams", "solve", "apply", "total"}
     diff, scale, compared = speed.max_weight_difference(shared, plain)
     assert compared == 6 and diff < 1e-10 * scale
-    chunked, _ = speed.shared_refine(projections, inputs, lam=0.1, chunk_rows=5)
-    assert speed.max_weight_difference(shared, chunked)[0] < 1e-10 * scale
     # and the edit is not the identity: the comparison would be empty otherwise
     w = projections["a.transformer_blocks.0.attn2.to_k"].weight.detach()
     assert float((shared["a.transformer_blocks.0.attn2.to_k.weight"] - w).abs().max()) > 1e-3
