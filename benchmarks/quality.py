@@ -48,8 +48,13 @@ TEMPLATES = ("a {}", "a picture of a {}", "an image of a {}")
 RADIUS, SAMPLES, MIN_COSINE, SPACE = 0.3, 16, 0.7, "text"
 #: Noise-alignment settings (the demo's).
 LORA = {"steps": 100, "batch_size": 8}
-SWEEP_RADII = (0.1, 0.2, 0.3, 0.45, 0.6)
+SWEEP_RADII = (0.15, 0.3, 0.6)
 SWEEP_BEYOND = (1.5, 2.0, 3.0)  # beyond radius as a multiple of the radius
+#: A larger noise-alignment budget for the methods that train (the demo's 100 steps at 1e-4 leave ESD
+#: untrained), on a single-concept, a shape-wide and a multi-concept task.
+BUDGET = {"steps": 400, "learning_rate": 1e-3}
+BUDGET_TASKS = ("pair", "shape", "set-5")
+BUDGET_METHODS = ("esd", "mace", "realera-no-bcr", "realera")
 BUILD_VERSION = 1  # bump when the way a result is measured changes (part of every result key)
 
 
@@ -141,8 +146,10 @@ def tasks() -> list[Task]:
 
 
 def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: float | None = None,
-                space: str = SPACE, samples_per_prompt: int = 8) -> dict:
-    """The policy a task compiles to for ``method`` (``beyond``: beyond radius, relative; None: 2 x radius)."""
+                space: str = SPACE, samples_per_prompt: int = 8, steps: int | None = None,
+                learning_rate: float | None = None) -> dict:
+    """The policy a task compiles to for ``method`` (``beyond``: beyond radius, relative; None: 2 x radius;
+    ``steps``/``learning_rate``: noise alignment's, None: the demo's)."""
     neighbors = {"radius": radius, "samples": SAMPLES, "min_cosine": MIN_COSINE, "space": space}
     if beyond is not None:
         neighbors["beyond_radius"] = beyond
@@ -158,7 +165,9 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
         "erase": [{"concept": e.concept, "anchor": e.anchor, "synonyms": list(e.synonyms),
                    "associated": list(e.associated)} for e in task.erase],
         "preserve": [{"concept": p} for p in task.preserve],
-        "training": {"method": method, "seed": 0, "lora": dict(LORA)},
+        "training": {"method": method, "seed": 0,
+                     "lora": {**LORA, **({} if steps is None else {"steps": steps}),
+                              **({} if learning_rate is None else {"learning_rate": learning_rate})}},
         "audit": {"samples_per_prompt": samples_per_prompt, "probes": probes},
     }
 
@@ -184,15 +193,14 @@ class Unit:
     beyond: float | None = None
     space: str = SPACE
     samples_per_prompt: int = 8
-
-    @property
-    def settings(self) -> dict:
-        return {"radius": self.radius, "beyond": self.beyond, "space": self.space,
-                "samples_per_prompt": self.samples_per_prompt}
+    #: Noise-alignment budget (None: the demo's, :data:`LORA`).
+    steps: int | None = None
+    learning_rate: float | None = None
 
     def key(self) -> str:
         """Names the stored result: the unit's settings and its task's definition."""
-        body = json.dumps({"v": BUILD_VERSION, **asdict(self), "task_definition": asdict(_task(self.task))},
+        fields = {k: v for k, v in asdict(self).items() if not (k in ("steps", "learning_rate") and v is None)}
+        body = json.dumps({"v": BUILD_VERSION, **fields, "task_definition": asdict(_task(self.task))},
                           sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
@@ -204,6 +212,10 @@ class Unit:
             extra.append(f"beyond={self.beyond:g}")
         if self.space != SPACE:
             extra.append(f"{self.space} space")
+        if self.steps is not None:
+            extra.append(f"{self.steps} steps")
+        if self.learning_rate is not None:
+            extra.append(f"lr {self.learning_rate:g}")
         return self.method + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -277,7 +289,8 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
     else:
         plan = compile_task(task, unit.method, radius=unit.radius,
                             beyond=None if unit.beyond is None else unit.beyond * unit.radius,
-                            space=unit.space, samples_per_prompt=unit.samples_per_prompt)
+                            space=unit.space, samples_per_prompt=unit.samples_per_prompt, steps=unit.steps,
+                            learning_rate=unit.learning_rate)
         started = time.perf_counter()
         edit = run_plan(plan, pipe, cache_dir=None, inputs_key="builtin:shapes", log=lambda line: None,
                         progress=False)
@@ -471,10 +484,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", help="comma-separated task names (default: all)")
     parser.add_argument("--methods", help=f"comma-separated presets (default: {','.join(METHODS)})")
-    parser.add_argument("--sweep-task", default="associated", help="task the radius sweep runs on")
+    parser.add_argument("--sweep-task", default="set-5", help="task the radius sweep runs on (default: set-5)")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--space-check", action="store_true",
                         help="also run realera in token space on every task (the default-space question)")
+    parser.add_argument("--budget-check", action="store_true",
+                        help=f"also train {', '.join(BUDGET_METHODS)} with {BUDGET['steps']} steps at learning rate "
+                             f"{BUDGET['learning_rate']:g} on {', '.join(BUDGET_TASKS)}")
+    parser.add_argument("--skip-main", action="store_true",
+                        help="measure only the extra units (space check, budget check, sweep); report all stored")
     parser.add_argument("--samples", type=int, default=8, help="images per audit prompt (default: 8)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
@@ -491,12 +509,26 @@ def main(argv: list[str] | None = None) -> int:
     units = [Unit(t.name, m, samples_per_prompt=args.samples) for t in task_list for m in ["base", *methods]]
     if args.space_check:
         units += [Unit(t.name, "realera", space="token", samples_per_prompt=args.samples) for t in task_list]
+    main_units = list(units)
+    budget = []
+    if args.budget_check:
+        budget = [Unit(t, m, samples_per_prompt=args.samples, **BUDGET) for t in BUDGET_TASKS for m in BUDGET_METHODS
+                  if t in {task.name for task in task_list}]
+        units += budget
     sweep = [] if args.no_sweep else sweep_units(args.sweep_task, args.samples)
     units += [u for u in sweep if u not in units]
     started = time.perf_counter()
-    if args.report_only:
-        done = {u: json.loads(_result_path(u, args.results).read_text()) for u in units
+
+    def stored(chosen):
+        return {u: json.loads(_result_path(u, args.results).read_text()) for u in chosen
                 if _result_path(u, args.results).is_file()}
+
+    if args.report_only:
+        done = stored(units)
+    elif args.skip_main:
+        extra = [u for u in units if u not in main_units or u.space != SPACE]
+        done = {**stored(units), **run_units(extra, args.results, jobs=args.jobs, threads=args.threads,
+                                             fresh=args.fresh)}
     else:
         done = run_units(units, args.results, jobs=args.jobs, threads=args.threads, fresh=args.fresh)
     minutes = (time.perf_counter() - started) / 60
@@ -516,6 +548,19 @@ def main(argv: list[str] | None = None) -> int:
                                               f"{_pct(r['metrics']['h_o'])}" for r in (token, text)])
         print()
         print(text_table(["task", "token space: Acc_g / Acc_s / H_o", "text space"], space_rows))
+    budget_rows = []
+    for unit in budget:
+        small = done.get(Unit(unit.task, unit.method, samples_per_prompt=args.samples))
+        large = done.get(unit)
+        if small and large:
+            budget_rows.append([unit.task, unit.method] + [
+                f"{_pct(r['metrics']['acc_e'])} / {_pct(r['metrics']['acc_g'])} / {_pct(r['metrics']['acc_s'])} / "
+                f"{_pct(r['metrics']['h_o'])}, {r['edit_seconds']:.0f} s" for r in (small, large)])
+    budget_headers = ["task", "method", f"{LORA['steps']} steps, lr 1e-4 (the demo's)",
+                      f"{BUDGET['steps']} steps, lr {BUDGET['learning_rate']:g}"]
+    if budget_rows:
+        print()
+        print(text_table(budget_headers, budget_rows))
     plot = None
     if sweep:
         print()
@@ -546,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     if space_rows:
         parts += ["Mining space, realera (Acc_g / Acc_s / H_o):",
                   markdown_table(["task", "token space", "text space"], space_rows)]
+    if budget_rows:
+        parts += ["Noise-alignment budget (Acc_e / Acc_g / Acc_s / H_o, edit time):",
+                  markdown_table(budget_headers, budget_rows, align="llll")]
     if sweep:
         parts += [f"Sweep of the neighbour radius and the beyond radius, realera on task `{args.sweep_task}` "
                   "(the audit prompts and held-out neighbours are those of the task at radius "

@@ -131,6 +131,7 @@ class ClosedFormSystem:
             weighted = chunk * weights[start:stop, None]
             self.cross += target.T @ weighted
             self.erase += chunk.T @ weighted
+            del chunk, target, weighted  # free this chunk's copies before the next one is made
         self.n_erase += e.shape[0]
 
     def add_preserve(self, embeddings: "torch.Tensor", beta=1.0) -> None:
@@ -141,6 +142,7 @@ class ClosedFormSystem:
         for start in range(0, p.shape[0], CHUNK_ROWS):
             chunk = self._float64(p[start:start + CHUNK_ROWS])
             self.preserve += chunk.T @ (chunk * weights[start:start + CHUNK_ROWS, None])
+            del chunk
         self.n_preserve += p.shape[0]
 
     def right_factor(self, lam: float) -> "torch.Tensor":
