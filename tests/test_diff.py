@@ -79,7 +79,7 @@ def diff_texts(tmp_path: Path, old: str, new: str):
     ("    radius: 0.3\n", "    radius: 0.3\n    beyond_radius: 0.9\n", "beyond-radius-widened"),
     ("      samples: 8\n", "      samples: 4\n", "neighbors-changed"),
     ("      samples: 8\n", "      samples: 8\n      min_cosine: 0.9\n", "neighbors-changed"),
-    ("      samples: 8\n", "      samples: 8\n      space: text\n", "neighbors-changed"),
+    ("      samples: 8\n", "      samples: 8\n      space: token\n", "neighbors-changed"),
     ("    anchor: gray circle\n", "    anchor: gray circle\n    strength: 0.5\n", "strength-lowered"),
     ("    anchor: gray circle\n", "    anchor: gray circle\n    templates: ['a {}']\n", "templates-changed"),
     ("preserve:\n", "preserve:\n  - concept: green triangle\n", "preserve-added"),

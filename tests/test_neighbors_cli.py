@@ -65,7 +65,8 @@ audit:
 
 
 def test_text_output_is_a_table(model_dir, capsys):
-    assert main(["neighbors", "red circle", "--model", str(model_dir), "--radius", "0.9", "--phrase", "cat"]) == 0
+    assert main(["neighbors", "red circle", "--model", str(model_dir), "--space", "token", "--radius", "0.9",
+                 "--phrase", "cat"]) == 0
     out = capsys.readouterr().out
     assert "Vocabulary tokens inside the radius" in out and "cat" in out and "neighbors accepted" in out
 

@@ -81,7 +81,7 @@ def test_every_field_is_resolved_from_entry_then_defaults_then_builtin(tmp_path)
     assert red.neighbors.radius == 0.3 and red.neighbors.beyond_radius == 0.6
     assert mickey.neighbors.radius == DEFAULT_RADIUS and mickey.neighbors.beyond_radius == 2 * DEFAULT_RADIUS
     assert red.neighbors.samples == red.neighbors.beyond_samples == 8        # beyond_samples follows samples
-    assert mickey.neighbors.min_cosine == DEFAULT_MIN_COSINE and mickey.neighbors.space == "token"
+    assert mickey.neighbors.min_cosine == DEFAULT_MIN_COSINE and mickey.neighbors.space == "text"
     assert DEFAULT_SAMPLES == 16
     assert plan.probes[0].concept == "red circle" and plan.preserve[0].weight == 1.0
     assert plan.inputs.base_model.revision == "main" and plan.inputs.toolkit_version == policykit.__version__

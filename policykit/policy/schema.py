@@ -117,7 +117,7 @@ class Neighbors(_Strict):
     samples: Annotated[int | None, Field(default=None, ge=0, le=4096, description="Mined neighbors per template (0 disables mining for this concept).")] = None
     beyond_samples: Annotated[int | None, Field(default=None, ge=0, le=4096, description="Beyond-concept samples per template (0 disables regularization for this concept).")] = None
     min_cosine: Annotated[float | None, Field(default=None, ge=-1.0, le=1.0, description="Reject mined neighbors whose cosine similarity to the concept is below this.")] = None
-    space: Annotated[NeighborSpace | None, Field(default=None, description="`token`: perturb input token embeddings; `text`: perturb text-encoder outputs.")] = None
+    space: Annotated[NeighborSpace | None, Field(default=None, description="`text` (default): perturb text-encoder outputs; `token`: perturb input token embeddings.")] = None
 
     @model_validator(mode="after")
     def _beyond_outside_radius(self) -> "Neighbors":
