@@ -386,6 +386,10 @@ def run_units(units: list[Unit], results: Path, *, jobs: int, threads: int, fres
 # ---------------------------------------------------------------- tables
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
@@ -400,7 +404,7 @@ def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict],
             m = record["metrics"]
             rows.append([task.name, method, _pct(m["acc_e"]), _pct(m["acc_g"]), _pct(m["acc_g_held_out"]),
                          _pct(m["acc_g_neighbors"]), _pct(m["acc_s"]), _pct(m["acc_s_held_out"]), _pct(m["h_o"]),
-                         "-" if method == "base" else f"{record['edit_seconds']:.0f}"])
+                         "-" if method == "base" else _seconds(record["edit_seconds"])])
     return rows
 
 
@@ -419,7 +423,7 @@ def summary_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dic
                 and method != "base"]
         seconds = [done[Unit(t, method, samples_per_prompt=samples)]["edit_seconds"] for t in names]
         rows.append([method, _pct(sum(values) / len(values)) if values else "n/a",
-                     ", ".join(best) or "-", "-" if method == "base" else f"{sum(seconds) / max(len(seconds), 1):.0f}"])
+                     ", ".join(best) or "-", "-" if method == "base" else _seconds(sum(seconds) / max(len(seconds), 1))])
     return rows
 
 
@@ -464,8 +468,10 @@ def plot_sweep(units: list[Unit], done: dict[Unit, dict], references: dict[str, 
         xs = [m["acc_s"] for _, m in points]
         ys = [1 - m["acc_g"] for _, m in points]
         ax.plot(xs, ys, marker=markers.get(beyond, "o"), label=f"realera, beyond = {beyond:g} x radius")
-        for (u, _), x, y in zip(points, xs, ys):
-            ax.annotate(f"r={u.radius:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if beyond == 2.0:  # one set of radius labels keeps the plot readable
+            for (u, _), x, y in zip(points, xs, ys):
+                ax.annotate(f"r={u.radius:g}", (x, y), textcoords="offset points", xytext=(0, -12), fontsize=7,
+                            ha="center")
     for name, metrics in references.items():
         ax.scatter([metrics["acc_s"]], [1 - metrics["acc_g"]], marker="x", s=50, label=name)
     ax.set_xlabel("specificity Acc_s (higher is better)")
@@ -544,10 +550,11 @@ def main(argv: list[str] | None = None) -> int:
             text = done.get(Unit(t.name, "realera", samples_per_prompt=args.samples))
             token = done.get(Unit(t.name, "realera", space="token", samples_per_prompt=args.samples))
             if text and token:
-                space_rows.append([t.name] + [f"{_pct(r['metrics']['acc_g'])} / {_pct(r['metrics']['acc_s'])} / "
-                                              f"{_pct(r['metrics']['h_o'])}" for r in (token, text)])
+                space_rows.append([t.name] + [f"{_pct(r['metrics']['acc_e'])} / {_pct(r['metrics']['acc_g'])} / "
+                                              f"{_pct(r['metrics']['acc_s'])} / {_pct(r['metrics']['h_o'])}"
+                                              for r in (token, text)])
         print()
-        print(text_table(["task", "token space: Acc_g / Acc_s / H_o", "text space"], space_rows))
+        print(text_table(["task", "token space: Acc_e / Acc_g / Acc_s / H_o", "text space"], space_rows))
     budget_rows = []
     for unit in budget:
         small = done.get(Unit(unit.task, unit.method, samples_per_prompt=args.samples))
@@ -565,32 +572,41 @@ def main(argv: list[str] | None = None) -> int:
     if sweep:
         print()
         print(text_table(SWEEP_HEADERS, sweep_rows(sweep, done)))
-        references = {m: done[Unit(args.sweep_task, m, samples_per_prompt=args.samples)]["metrics"]
-                      for m in ["base", *methods] if m != "realera"
-                      and Unit(args.sweep_task, m, samples_per_prompt=args.samples) in done}
+        candidates = [Unit(args.sweep_task, m, samples_per_prompt=args.samples) for m in ["base", *methods]
+                      if m != "realera"]
+        candidates += [u for u in budget if u.task == args.sweep_task and u.method == "esd"]
+        references = {u.label(): done[u]["metrics"] for u in candidates if u in done}
         if not args.no_write:
             plot = plot_sweep(sweep, done, references, ROOT / "docs" / "images" / "quality-sweep.png")
     print(f"\nquality: {len(done)} result(s), {minutes:.1f} min this run", file=sys.stderr)
     if args.no_write:
         return 0
     threads = sorted({r.get("threads", 1) for r in done.values()})
+    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--report-only", "--no-write")]
+    times = sorted(_result_path(u, args.results).stat().st_mtime for u in done if _result_path(u, args.results).is_file())
+    window = ""
+    if times:
+        import datetime as dt
+
+        fmt = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")  # noqa: E731
+        window = f" Results measured between {fmt(times[0])} and {fmt(times[-1])} UTC."
     parts = [
-        header(argv),
+        header(shown) + window,
         f"{len(task_list)} tasks x {len(methods) + 1} models, {args.samples} images per prompt, the pixel-truth "
-        f"classifier; edits on {args.jobs} worker process(es) x {args.threads} torch thread(s) "
-        f"(stored results measured with {threads} thread(s)); `edit s` is the wall time of the edit alone "
+        f"classifier; each result measured in a process of its own with "
+        f"{', '.join(str(t) for t in threads)} torch thread(s); `edit s` is the wall time of the edit alone "
         "(no stage cache), the audit images excluded. Shares of images: Acc_e erased prompts still showing the "
         "concept, Acc_g synonyms, associated words, held-out phrases and held-out mined neighbours still "
         "showing it (the `held-out` column: phrases of the concept the policy does not list; `neighbours`: "
         "mined neighbours drawn from a stream the edit never sees), Acc_s preserved concepts drawn correctly "
         "(`held-out`: concepts the policy does not name).",
-        markdown_table(MAIN_HEADERS, rows),
+        markdown_table(MAIN_HEADERS, rows, align="ll" + "r" * (len(MAIN_HEADERS) - 2)),
         "Per method over the tasks every method finished:",
-        markdown_table(["method", "mean H_o", "best H_o on", "mean edit s"], summary),
+        markdown_table(["method", "mean H_o", "best H_o on", "mean edit s"], summary, align="lrlr"),
     ]
     if space_rows:
-        parts += ["Mining space, realera (Acc_g / Acc_s / H_o):",
-                  markdown_table(["task", "token space", "text space"], space_rows)]
+        parts += ["Mining space, realera (Acc_e / Acc_g / Acc_s / H_o):",
+                  markdown_table(["task", "token space", "text space"], space_rows, align="lrr")]
     if budget_rows:
         parts += ["Noise-alignment budget (Acc_e / Acc_g / Acc_s / H_o, edit time):",
                   markdown_table(budget_headers, budget_rows, align="llll")]
