@@ -196,13 +196,27 @@ class Unit:
     #: Noise-alignment budget (None: the demo's, :data:`LORA`).
     steps: int | None = None
     learning_rate: float | None = None
+    #: ``EngineOptions.shell_mass`` (None: the engine's default); only ``realera`` has a shell.
+    shell_mass: float | None = None
 
     def key(self) -> str:
-        """Names the stored result: the unit's settings and its task's definition."""
-        fields = {k: v for k, v in asdict(self).items() if not (k in ("steps", "learning_rate") and v is None)}
+        """Names the stored result: the unit's settings and its task's definition.
+
+        For ``realera`` the shell weight it ran with is part of the key, default or not, so a
+        change of the engine's default measures anew instead of reusing old results.
+        """
+        fields = {k: v for k, v in asdict(self).items()
+                  if not (k in ("steps", "learning_rate", "shell_mass") and v is None)}
+        if self.method == "realera":
+            fields["shell_mass"] = self.effective_shell_mass()
         body = json.dumps({"v": BUILD_VERSION, **fields, "task_definition": asdict(_task(self.task))},
                           sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def effective_shell_mass(self) -> float:
+        from policykit.realera.engine import EngineOptions
+
+        return EngineOptions().shell_mass if self.shell_mass is None else self.shell_mass
 
     def label(self) -> str:
         extra = []
@@ -216,6 +230,8 @@ class Unit:
             extra.append(f"{self.steps} steps")
         if self.learning_rate is not None:
             extra.append(f"lr {self.learning_rate:g}")
+        if self.shell_mass is not None:
+            extra.append(f"shell mass {self.shell_mass:g}")
         return self.method + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -291,9 +307,13 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
                             beyond=None if unit.beyond is None else unit.beyond * unit.radius,
                             space=unit.space, samples_per_prompt=unit.samples_per_prompt, steps=unit.steps,
                             learning_rate=unit.learning_rate)
+        from policykit.realera.engine import EngineOptions
+
+        options = EngineOptions() if unit.shell_mass is None else EngineOptions(shell_mass=unit.shell_mass)
+        record["engine_options"] = asdict(options)
         started = time.perf_counter()
         edit = run_plan(plan, pipe, cache_dir=None, inputs_key="builtin:shapes", log=lambda line: None,
-                        progress=False)
+                        progress=False, options=options)
         seconds = time.perf_counter() - started
         stages = {r.name: round(r.seconds, 2) for r in edit.records}
         record["stage_info"] = {r.name: {k: v for k, v in r.info.items() if isinstance(v, (int, float, str))}
@@ -394,11 +414,19 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
+#: Shell weight of the engine before this benchmark chose 0.5; its realera results are shown next to the new.
+OLD_SHELL_MASS = 1.0
+
+
 def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict], samples: int) -> list[list[str]]:
     rows = []
     for task in task_list:
-        for method in ["base", *methods]:
-            record = done.get(Unit(task.name, method, samples_per_prompt=samples))
+        units = [(m, Unit(task.name, m, samples_per_prompt=samples)) for m in ["base", *methods]]
+        if "realera" in methods:
+            units.append((f"realera, shell mass {OLD_SHELL_MASS:g}",
+                          Unit(task.name, "realera", samples_per_prompt=samples, shell_mass=OLD_SHELL_MASS)))
+        for method, unit in units:
+            record = done.get(unit)
             if record is None:
                 continue
             m = record["metrics"]
@@ -497,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-check", action="store_true",
                         help=f"also train {', '.join(BUDGET_METHODS)} with {BUDGET['steps']} steps at learning rate "
                              f"{BUDGET['learning_rate']:g} on {', '.join(BUDGET_TASKS)}")
+    parser.add_argument("--old-shell", action="store_true",
+                        help=f"also run realera with the old shell weight ({OLD_SHELL_MASS:g}) on every task")
     parser.add_argument("--skip-main", action="store_true",
                         help="measure only the extra units (space check, budget check, sweep); report all stored")
     parser.add_argument("--samples", type=int, default=8, help="images per audit prompt (default: 8)")
@@ -513,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     task_list = [_task(n) for n in args.tasks.split(",")] if args.tasks else tasks()
     methods = args.methods.split(",") if args.methods else list(METHODS)
     units = [Unit(t.name, m, samples_per_prompt=args.samples) for t in task_list for m in ["base", *methods]]
+    if args.old_shell and "realera" in methods:
+        units += [Unit(t.name, "realera", samples_per_prompt=args.samples, shell_mass=OLD_SHELL_MASS)
+                  for t in task_list]
     if args.space_check:
         units += [Unit(t.name, "realera", space="token", samples_per_prompt=args.samples) for t in task_list]
     main_units = list(units)
