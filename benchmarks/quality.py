@@ -270,19 +270,17 @@ def _evaluation(task: Task, samples_per_prompt: int, results: Path, pipe):
 
 
 def _shares(outcomes) -> dict:
-    """Acc_e, Acc_g, Acc_s, H_o, and the held-out and listed parts of Acc_g and Acc_s."""
+    """Acc_e, Acc_g, Acc_s, H_o, and the held-out and listed parts of Acc_g and Acc_s (the audit's
+    own arithmetic, :func:`~policykit.audit.metrics.compute_metrics`, on each part's prompts)."""
     from policykit.audit.metrics import compute_metrics
 
-    def share(roles):
-        chosen = [o for o in outcomes if o.role in roles]
-        total = sum(o.images for o in chosen)
-        return sum(o.hits for o in chosen) / total if total else None
+    def part(roles):
+        return compute_metrics([o for o in outcomes if o.role in roles])
 
-    metrics = compute_metrics(outcomes)
-    return {**metrics.to_dict(),
-            "acc_g_listed": share({"synonym", "associated"}), "acc_g_held_out": share({"probe-erased"}),
-            "acc_g_neighbors": share({"neighbor"}),
-            "acc_s_listed": share({"preserved"}), "acc_s_held_out": share({"probe-preserved"}),
+    return {**compute_metrics(outcomes).to_dict(),
+            "acc_g_listed": part({"synonym", "associated"}).acc_g, "acc_g_held_out": part({"probe-erased"}).acc_g,
+            "acc_g_neighbors": part({"neighbor"}).acc_g,
+            "acc_s_listed": part({"preserved"}).acc_s, "acc_s_held_out": part({"probe-preserved"}).acc_s,
             "images": sum(o.images for o in outcomes)}
 
 
@@ -329,7 +327,7 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
                    "threads": threads,
                    "per_prompt": [{"prompt": o.prompt, "role": o.role, "hits": o.hits, "images": o.images}
                                   for o in outcomes]})
-    path = results / unit.task / f"{unit.method}-{unit.key()}.json"
+    path = _result_path(unit, results)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
@@ -371,7 +369,6 @@ def run_units(units: list[Unit], results: Path, *, jobs: int, threads: int, fres
     if not todo:
         return done
     # Base units first: they draw the base images every other unit of their task reuses.
-    todo.sort(key=lambda u: u.method != "base")
     bases = [u for u in todo if u.method == "base"]
     rest = [u for u in todo if u.method != "base"]
     print(f"quality: {len(done)} result(s) on disk, measuring {len(todo)} with {jobs} process(es) x "
