@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from policykit.models import ModelNotAvailable, check_pin, model_sha256, resolve_model
-from policykit.models.resolve import BUILTIN_MODELS
+from policykit.models.resolve import BUILTIN_MODELS, hub_download_command
 
 REPO = Path(__file__).resolve().parents[1]
 needs_shapes = pytest.mark.skipif(not (BUILTIN_MODELS["shapes"][0] / "model_index.json").is_file(),
@@ -72,9 +72,20 @@ def test_missing_hub_id_says_what_to_do(tmp_path, monkeypatch):
         resolve_model("example-org/not-cached-model", base_dir=tmp_path)
     message = str(caught.value)
     assert "not in the local Hugging Face cache" in message
-    assert "huggingface-cli download example-org/not-cached-model" in message
+    # the installed huggingface_hub (2.x here) has `hf`, not the removed `huggingface-cli`
+    import shutil
+
+    command = hub_download_command()
+    assert f"{command} example-org/not-cached-model" in message
+    assert shutil.which(command.split()[0]) is not None, f"{command!r} is not on PATH"
     diagnostic = caught.value.to_diagnostic(file="policy.yaml", line=3)
     assert diagnostic.code == "model-not-available" and diagnostic.severity == "error"
+
+
+def test_download_command_follows_the_hub_version():
+    assert hub_download_command("2.4.0") == "hf download"
+    assert hub_download_command("0.34.1") == "hf download"
+    assert hub_download_command("0.23.0") == "huggingface-cli download"
 
 
 def test_cached_hub_snapshot_resolves_offline(tmp_path, monkeypatch):

@@ -106,6 +106,23 @@ def _resolve_directory(ref: str, path: Path) -> ResolvedModel:
     return ResolvedModel(ref, path.resolve(), "local")
 
 
+def hub_download_command(hub_version: str | None = None) -> str:
+    """The download command of the installed huggingface_hub: ``hf download`` (0.34 and newer), else the old CLI.
+
+    huggingface_hub 1.0 removed ``huggingface-cli``; naming a command the
+    operator does not have would send them looking for the wrong tool.
+    """
+    if hub_version is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            hub_version = version("huggingface_hub")
+        except PackageNotFoundError:  # pragma: no cover - it comes with diffusers
+            return "hf download"
+    numbers = [int(part) for part in re.findall(r"[0-9]+", hub_version)[:2]] + [0, 0]
+    return "hf download" if tuple(numbers[:2]) >= (0, 34) else "huggingface-cli download"
+
+
 def _resolve_hub(ref: str, revision: str | None) -> ResolvedModel:
     try:
         from huggingface_hub import snapshot_download
@@ -116,7 +133,7 @@ def _resolve_hub(ref: str, revision: str | None) -> ResolvedModel:
         # local_files_only: resolution never downloads; fetching is the operator's explicit step.
         folder = snapshot_download(ref, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as error:
-        download = f"huggingface-cli download {ref}" + (f" --revision {revision}" if revision else "")
+        download = f"{hub_download_command()} {ref}" + (f" --revision {revision}" if revision else "")
         raise ModelNotAvailable(
             ref, f"it is not in the local Hugging Face cache ({type(error).__name__})",
             f"policykit never downloads models at run time: on a machine with access run `{download}` "
