@@ -27,7 +27,9 @@ def generate_policy(n_concepts: int) -> str:
         "  name: bench",
         "  version: 1.0.0",
         "base_model:",
-        "  id: builtin:shapes",
+        # A hub id: builtin:shapes knows 24 concepts, and validate refuses
+        # phrases it cannot mean ("concept 7"); --no-model never resolves it.
+        "  id: CompVis/stable-diffusion-v1-4",
         "defaults:",
         "  neighbors:",
         "    radius: 0.2",

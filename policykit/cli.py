@@ -61,17 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="compile a policy into the plan apply will run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compile FILE (defaults, extends and method preset resolved) and show what apply will run.",
-        epilog="exit codes:\n"
-               "  0  nothing to do: <output.dir>/<name>/<version>/plan.json (output.dir relative to\n"
-               "     the current directory) exists and has this plan's hash\n"
-               "  1  error: the policy is invalid or its concept graph has conflicts\n"
-               "  2  apply would create the artifact (none exists, or one built from another plan)")
+        epilog="exit codes (0 exactly when apply would do nothing):\n"
+               "  0  nothing to do: <output.dir>/<name>/<version> (output.dir relative to the current\n"
+               "     directory) holds an artifact with this plan's identity, signed as asked\n"
+               "  1  error: the policy is invalid, its concept graph has conflicts, or apply would fail\n"
+               "  2  apply would act: create the artifact, or refuse (another artifact is there:\n"
+               "     bump metadata.version; or it is unsigned while a key is set: policykit sign)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--out", metavar="PATH", help="also write the plan as JSON to PATH")
     p.add_argument("--graph", metavar="PATH", help="write the concept graph (.json, .dot or .svg)")
     p.add_argument("--full", action="store_true", help="list every concept (default: the first 40 per table)")
     p.add_argument("--no-model", action="store_true",
                    help="skip the model check (preserves inside an erase radius); never imports torch")
+    p.add_argument("--output", metavar="DIR", help="as apply's --output: the output directory to look in")
+    p.add_argument("--sign-key", metavar="KEY", help="as apply's --sign-key: the key apply will be given")
     _add_format(p, ("text", "json", "github"))
 
     p = sub.add_parser(
@@ -155,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="write an ECDSA P-256 key pair for signing artifacts")
     p.add_argument("--out", metavar="DIR", default="keys", help="directory for the key files (default: keys)")
     p.add_argument("--name", default="policykit-signing", help="file name stem (default: policykit-signing)")
+    _add_format(p, ("text", "json"))
+
+    p = sub.add_parser(
+        "sign", help="sign a published artifact (one apply published unsigned, or --force to re-sign)",
+        description="Check ARTIFACT against its manifest, then sign exactly the checked bytes with KEY and "
+                    "install ARTIFACT.sig atomically. Refused when the artifact fails verification, or is "
+                    "already signed (unless --force).",
+        epilog="exit codes: 0 signed, 1 refused or error (nothing changed)")
+    p.add_argument("artifact", metavar="ARTIFACT", help="artifact directory OUTPUT/NAME/VERSION")
+    p.add_argument("--key", metavar="KEY", required=True, help="private key (PEM) to sign with, from `policykit keygen`")
+    p.add_argument("--force", action="store_true", help="replace an existing signature")
     _add_format(p, ("text", "json"))
 
     p = sub.add_parser("verify", help="check an artifact's file hashes and, with a key, its signature")

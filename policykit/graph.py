@@ -12,8 +12,11 @@ Edges carry a ``relation``: ``erases`` and ``preserves`` (from the root),
 ``conflicts-with`` (added by checks).
 
 Contradictions only visible across entries - a phrase both erased and
-preserved, an anchor that is itself erased, anchors mapping in a circle - are
-:class:`Diagnostic` values positioned at the line that causes them.
+preserved, an anchor that is itself erased, anchors mapping in a circle, a
+probe expecting the opposite of what the policy does to what its prompt
+shows, two phrases that look alike (UTS #39 skeletons) with one erased and
+the other kept - are :class:`Diagnostic` values positioned at the line that
+causes them.
 Model-based checks (a preserve inside an erase radius) need embeddings and
 arrive later through :meth:`ConceptGraph.add_conflict`.
 """
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -261,7 +266,8 @@ def build_graph(loaded) -> ConceptGraph:
     _check_shared_words(b, policy)
     _check_erased_and_preserved(b, policy)
     _check_anchors(b, policy, anchors)
-    _check_probes(b, policy)
+    skeletons = _check_confusables(b, policy)
+    _check_probes(b, policy, skeletons)
     graph = ConceptGraph(b.graph, b.diagnostics)
     for code, u, v in b.conflict_edges:
         graph.graph.add_edge(u, v, key=CONFLICTS_WITH, relation=CONFLICTS_WITH, code=code)
@@ -352,20 +358,145 @@ def _check_anchors(b: _Builder, policy, anchors: list[tuple[int, str, str, Polic
         _conflict_edge(b, "anchor-erased", concept, anchor)
 
 
-def _check_probes(b: _Builder, policy) -> None:
+def _check_probes(b: _Builder, policy, skeletons: dict[str, list[str]]) -> None:
+    """A probe must not expect the opposite of what the policy does to what it shows.
+
+    What a probe shows is its ``concept`` when written; otherwise its prompt,
+    and every erased or preserved phrase the prompt contains as whole words
+    ("a photo of a red circle" shows "red circle"), spelled as written or
+    with look-alike characters (the same TR39 skeleton).
+    """
+    phrases = _PhraseIndex(n for n in b.occurrences if b.erased_occurrences(n) or _is_preserved(b, n))
     for m, probe in enumerate(policy.audit.probes):
-        target = normalize_concept(probe.concept or probe.prompt)
         path = ("audit", "probes", m, "expect")
         probe_id = f"probe:{normalize_concept(probe.prompt)}"
-        if probe.expect.value == "preserved" and b.erased_occurrences(target):
-            b.report("probe-conflict", f"probe {probe.prompt!r} expects {b.graph.nodes[target]['text']!r} to be "
-                     f"preserved, but it is {_erased_as(b, policy, target)}", path)
-            _conflict_edge(b, "probe-conflict", probe_id, target)
-        elif probe.expect.value == "erased" and PRESERVE in b.graph.nodes[target]["kinds"] \
-                and not b.erased_occurrences(target):
-            b.report("probe-conflict", f"probe {probe.prompt!r} expects {b.graph.nodes[target]['text']!r} to be "
-                     "erased, but the policy preserves it", path)
-            _conflict_edge(b, "probe-conflict", probe_id, target)
+        written = normalize_concept(probe.concept or probe.prompt)
+        # (the text as the probe spells it, the policy's phrase it stands for)
+        shown = [(written, written)] + ([] if probe.concept else phrases.within(written))
+        if probe.expect.value == "preserved":
+            hit = next(((spelled, e) for spelled, node in shown
+                        if (e := _erased_equivalent(b, node, skeletons))), None)
+            if hit is not None:
+                spelled, erased = hit
+                how = _erased_as(b, policy, erased)
+                if erased != spelled:
+                    how = f"written like {_text(b, erased)!r}, which is {how}"
+                where = " (in its prompt)" if spelled != written else ""
+                b.report("probe-conflict", f"probe {probe.prompt!r} expects {spelled!r}{where} to be "
+                         f"preserved, but it is {how}", path)
+                _conflict_edge(b, "probe-conflict", probe_id, erased)
+        elif not any(b.erased_occurrences(node) for _, node in shown):
+            kept = next(((spelled, node) for spelled, node in shown if _is_preserved(b, node)), None)
+            if kept is not None:
+                spelled, node = kept
+                where = " (in its prompt)" if spelled != written else ""
+                b.report("probe-conflict", f"probe {probe.prompt!r} expects {spelled!r}{where} to be "
+                         "erased, but the policy preserves it", path)
+                _conflict_edge(b, "probe-conflict", probe_id, node)
+
+
+def _text(b: _Builder, node: str) -> str:
+    return b.graph.nodes[node]["text"] if node in b.graph else node
+
+
+def _is_preserved(b: _Builder, node: str) -> bool:
+    return any(role == PRESERVE for role, _, _ in b.occurrences.get(node, []))
+
+
+def _erased_equivalent(b: _Builder, target: str, skeletons: dict[str, list[str]]) -> str | None:
+    """The erased phrase ``target`` is or looks exactly like; None if none."""
+    if b.erased_occurrences(target):
+        return target
+    return next((other for other in skeletons.get(_skeleton(target), []) if b.erased_occurrences(other)), None)
+
+
+class _PhraseIndex:
+    """Finds which of a set of phrases occur in a text as whole words, compared
+    by skeleton (so look-alike spellings match too), in time linear in the
+    text: phrases are looked up by their first word."""
+
+    def __init__(self, phrases: Iterable[str]) -> None:
+        self.by_first: dict[str, list[tuple[tuple[str, ...], str]]] = defaultdict(list)
+        for phrase in phrases:
+            words = tuple(_skeleton(w) for w in _words(phrase))
+            if words:
+                self.by_first[words[0]].append((words, phrase))
+
+    def within(self, text: str) -> list[tuple[str, str]]:
+        """``(the words as ``text`` spells them, the phrase)`` for each phrase found, in order."""
+        words = _words(text)
+        shapes = [_skeleton(w) for w in words]
+        found = []
+        for i, shape in enumerate(shapes):
+            for phrase_words, phrase in self.by_first.get(shape, ()):
+                if tuple(shapes[i:i + len(phrase_words)]) == phrase_words:
+                    found.append((" ".join(words[i:i + len(phrase_words)]), phrase))
+        return found
+
+
+def _words(text: str) -> list[str]:
+    # Unicode-aware on purpose: phrases in any script are split into words alike.
+    return re.findall(r"\w+", text)
+
+
+# ------------------------------------------------------------- look-alike text
+
+
+@lru_cache(maxsize=65536)
+def _skeleton(text: str) -> str:
+    from policykit.policy.confusables import skeleton
+
+    return skeleton(text)
+
+
+def _check_confusables(b: _Builder, policy) -> dict[str, list[str]]:
+    """Phrases that look the same but are different text (UTS #39 skeletons).
+
+    ``rеd circle`` with a Cyrillic ``е`` and ``red circle`` are two concepts
+    to the model and one to a reviewer. When one of them is erased and the
+    other kept (preserved, or an anchor), the policy contradicts itself
+    where nobody can see it: an error. Otherwise a warning. A word that
+    mixes ASCII with look-alike letters of another script is a warning too.
+    Returns skeleton -> phrases with it, in policy order, for the probe check.
+    """
+    from policykit.policy.confusables import describe_lookalikes
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for node in b.occurrences:
+        if node.startswith(("probe:", "policy:")) or b.graph.nodes[node]["kinds"] == [PROBE_TARGET]:
+            continue  # probes are checked against what they show, in _check_probes
+        groups[_skeleton(node)].append(node)
+        lookalikes = describe_lookalikes(b.graph.nodes[node]["text"])
+        if lookalikes:
+            _, path, _ = b.occurrences[node][0]
+            b.report("mixed-script", f"{b.graph.nodes[node]['text']!r} mixes scripts: {lookalikes}; it reads as "
+                     f"{_skeleton(node)!r} but is different text to the model", path, "warning")
+    for members in groups.values():
+        for k, node in enumerate(members[1:], 1):
+            earlier = members[:k]
+            partner = next((o for o in earlier if _erased_vs_kept(b, node, o)), None)
+            other = partner or earlier[0]
+            _, path, _ = b.occurrences[node][0]
+            other_path = b.occurrences[other][0][1]
+            shown = (f"{_text(b, node)!r} ({path_text(path)}) looks the same as "
+                     f"{_text(b, other)!r} ({path_text(other_path)})")
+            if partner is not None:
+                erased, kept = (node, other) if b.erased_occurrences(node) else (other, node)
+                kept_as = "preserved" if _is_preserved(b, kept) else "an anchor"
+                b.report("confusable-conflict", f"{shown} but is different text: {_text(b, erased)!r} is erased and "
+                         f"{_text(b, kept)!r} is {kept_as}", path)
+                _conflict_edge(b, "confusable-conflict", node, other)
+            else:
+                b.report("confusable", f"{shown} but is different text; the model treats them as two concepts",
+                         path, "warning")
+    return groups
+
+
+def _erased_vs_kept(b: _Builder, a: str, c: str) -> bool:
+    def kept(node: str) -> bool:
+        return any(role in (PRESERVE, ANCHOR) for role, _, _ in b.occurrences[node])
+
+    return bool((b.erased_occurrences(a) and kept(c)) or (b.erased_occurrences(c) and kept(a)))
 
 
 # ----------------------------------------------------------------- rendering

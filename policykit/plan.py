@@ -278,11 +278,21 @@ def plan_stages(policy) -> tuple[Stage, ...]:
             "classifier": policy.audit.classifier,
             "thresholds": policy.audit.thresholds.model_dump(mode="json"),
             "seed": training.seed,
+            # The sampler the audit draws with: the model's steps, at every guidance scale the policy lists.
+            "guidance_scales": list(policy.audit.guidance_scales),
+            "steps": audit_steps(policy.base_model.id),
         },
     }
     if method == "esd":
         settings[NOISE_ALIGNMENT].update(target="negative_guidance", guidance=ESD_GUIDANCE)
     return tuple(Stage(name=name, settings=settings[name]) for name in names)
+
+
+def audit_steps(model_id: str) -> int:
+    """Sampling steps of the audit for a base model (the model's own setting, :mod:`policykit.audit.run`)."""
+    from policykit.audit.run import sampling_for
+
+    return int(sampling_for(model_id)["steps"])
 
 
 FileReader = Callable[[Path], bytes]
@@ -357,6 +367,42 @@ def changed_inputs(stored: Plan, current: Plan) -> list[str]:
     if stored.body() != current.body() and not changes:
         changes.append("compiled settings changed")
     return changes
+
+
+# ----------------------------------------------------------------- the artifact identity
+
+#: Version of what :func:`artifact_inputs` covers; bump when it covers something else.
+IDENTITY_VERSION = 1
+
+
+def artifact_inputs(plan: Plan, model_sha256: str | None = None, engine: dict[str, Any] | None = None) -> dict:
+    """What determines an artifact's content, as JSON data: the one definition ``plan``, ``diff`` and
+    ``apply`` share (see :func:`artifact_identity`).
+
+    Covered: the resolved plan (every concept, preserve, probe, stage setting, the seed, the base model
+    as named and pinned, the policy's name and version), the base model's bytes (``model_sha256``) and
+    the engine (``engine``: its version and options). Left out, because they do not change what is
+    built: the policy's bytes and source files (comments, key order, a default spelled out), the
+    output settings (where it is written and with which key it is signed), the toolkit's version (an
+    engine change that alters results bumps ``ENGINE_VERSION``) and the plan's format number. The
+    policy's bytes stay in the artifact as provenance.
+    """
+    body = plan.body()
+    body.pop("format_version", None)
+    body.pop("output", None)
+    inputs = dict(body.pop("inputs"))
+    for provenance in ("sources", "policy_sha256", "toolkit_version"):
+        inputs.pop(provenance, None)
+    return {"identity_version": IDENTITY_VERSION, "plan": {**body, "inputs": inputs},
+            "base_model_sha256": None if model_sha256 is None else model_sha256.lower(), "engine": engine}
+
+
+def artifact_identity(plan: Plan, model_sha256: str | None = None, engine: dict[str, Any] | None = None) -> str:
+    """The artifact identity (stored as the manifest's ``inputs_id``): sha256 of the canonical JSON of
+    :func:`artifact_inputs`. Equal identities mean ``apply`` would build the same artifact; ``plan`` and
+    ``apply`` pass the model's sha256 and the engine, ``diff`` compares two plans under the same model
+    and engine (None for both)."""
+    return sha256_hex(canonical_json(artifact_inputs(plan, model_sha256, engine)).encode("ascii"))
 
 
 def _model_text(model: BaseModelInput) -> str:

@@ -123,6 +123,7 @@ _PHRASES: dict[str, tuple[str, str]] = {
     "base-model-revision-changed": ("base model revision changed", "base model revision changed"),
     "base-model-pin-changed": ("base model pin changed", "base model pin changed"),
     "output-changed": ("output setting changed", "output settings changed"),
+    "plan-changed": ("other plan change", "other plan changes"),
     "name-changed": ("name changed", "name changed"),
 }
 
@@ -135,7 +136,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Preserves": ("preserve-added", "preserve-removed", "preserve-weight-changed"),
     "Audit": ("probe-added", "probe-removed", "threshold-changed"),
     "Training and stages": ("method-changed", "stage-added", "stage-removed", "stage-setting-changed",
-                            "seed-changed", "output-changed"),
+                            "seed-changed", "output-changed", "plan-changed"),
     "Base model": ("base-model-changed", "base-model-revision-changed", "base-model-pin-changed"),
     "Metadata": ("name-changed", "version-bumped"),
 }
@@ -170,6 +171,11 @@ def diff_plans(old: Plan, new: Plan, *, checks: Iterable[DiffCheck] = ()) -> Pol
     changes += _diff_base_model(old, new)
     for check in checks:
         changes += list(check(old, new))
+    # The artifact identity (policykit.plan.artifact_inputs) is what plan and apply compare; a change in it
+    # that no rule above names (entries reordered, a concept's spelling) must still count here.
+    if all(c.kind == "output-changed" for c in changes) and _content(old) != _content(new):
+        changes.append(Change("plan-changed", "plan", "the compiled plan changed (order or spelling of entries): "
+                              "apply would build a different artifact"))
     old_in, new_in = old.inputs, new.inputs
     warnings: list[str] = []
     if old_in.policy_name != new_in.policy_name:
@@ -184,6 +190,16 @@ def diff_plans(old: Plan, new: Plan, *, checks: Iterable[DiffCheck] = ()) -> Pol
                         "bump it, or apply will refuse to publish different content under the same version")
     return PolicyDiff(old_in.policy_name, old_in.policy_version, new_in.policy_name, new_in.policy_version,
                       old.plan_hash, new.plan_hash, tuple(changes), tuple(warnings))
+
+
+def _content(plan: Plan) -> dict[str, Any]:
+    """The plan's part of the artifact identity, without the name and version (reported on their own)."""
+    from policykit.plan import artifact_inputs
+
+    data = artifact_inputs(plan)
+    for key in ("policy_name", "policy_version"):
+        data["plan"]["inputs"].pop(key, None)
+    return data
 
 
 def _by_concept(items) -> dict[str, Any]:

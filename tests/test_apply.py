@@ -47,13 +47,19 @@ audit:
     max_generality_accuracy: 1.0
     min_specificity_accuracy: 0.0
 output:
-  dir: {out}
+  dir: artifacts
 """
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path, monkeypatch):
+    """apply writes where the policy says, inside the directory it runs in: here, tmp_path."""
+    monkeypatch.chdir(tmp_path)
 
 
 def _policy(tmp_path, model, version="1.0.0", radius="0.2"):
     path = tmp_path / "policy.yaml"
-    text = POLICY.format(model=model, out=tmp_path / "artifacts").replace("version: 1.0.0", f"version: {version}")
+    text = POLICY.format(model=model).replace("version: 1.0.0", f"version: {version}")
     path.write_text(text.replace("radius: 0.2", f"radius: {radius}"))
     return path
 
@@ -67,7 +73,7 @@ def test_apply_publishes_a_signed_artifact_and_refuses_to_overwrite(tmp_path, ti
                            emit=lambda event, **f: events.append(event))
     assert outcome.status == "created" and outcome.signed
     root = outcome.path
-    assert root == tmp_path / "artifacts" / "tiny" / "1.0.0"
+    assert root.resolve() == (tmp_path / "artifacts" / "tiny" / "1.0.0").resolve()
     for name in ("manifest.json", "policy.yaml", "plan.json", "weights/cross_attention_delta.safetensors",
                  "weights/lora/pytorch_lora_weights.safetensors", "audit/report.html", "audit/report.md",
                  "audit/report.json"):
@@ -78,8 +84,11 @@ def test_apply_publishes_a_signed_artifact_and_refuses_to_overwrite(tmp_path, ti
     assert manifest["status"] == "passed" and manifest["signer"].startswith("sha256:")
     assert manifest["base_model"]["sha256"] and manifest["toolkit"]["torch"]
     assert {"stage", "log"} <= set(events)
-    roles = [p["role"] for p in json.loads((root / "audit" / "report.json").read_text())["prompts"]]
-    assert roles.count("neighbor") == 2 and {"erased", "synonym", "preserved"} <= set(roles)
+    report_doc = json.loads((root / "audit" / "report.json").read_text())
+    assert [s["guidance"] for s in report_doc["scales"]] == [3.0, 7.5, 9.0]  # the default guidance scales
+    for scale in report_doc["scales"]:
+        roles = [p["role"] for p in scale["prompts"]]
+        assert roles.count("neighbor") == 2 and {"erased", "synonym", "preserved"} <= set(roles)
 
     report = verify_artifact(root, keys.public_key)
     assert report.ok, report.problems
@@ -127,7 +136,7 @@ def test_bad_policy_and_missing_model_publish_nothing(tmp_path, capsys):
 
 def test_stale_plan_is_refused(tmp_path, tiny_model):
     policy = _policy(tmp_path, tiny_model)
-    assert main(["plan", str(policy), "--out", str(tmp_path / "plan.json")]) in (0, 2)
+    assert main(["plan", str(policy), "--out", str(tmp_path / "plan.json")]) == 2  # nothing published yet
     policy.write_text(policy.read_text().replace("samples_per_prompt: 2", "samples_per_prompt: 3"))
     with pytest.raises(ApplyError, match="stale"):
         apply_policy(policy, plan_path=tmp_path / "plan.json")
@@ -138,7 +147,8 @@ def published(tmp_path_factory, tiny_model):
     """One signed artifact, shared by the tests below (which restore what they change)."""
     root = tmp_path_factory.mktemp("published")
     keys = generate_key_pair(root / "keys")
-    outcome = apply_policy(_policy(root, tiny_model), sign_key=keys.private_key, classifier=HalfBright())
+    outcome = apply_policy(_policy(root, tiny_model), output_dir=root / "artifacts", sign_key=keys.private_key,
+                           classifier=HalfBright())
     return outcome.path, keys
 
 
@@ -176,7 +186,7 @@ def test_loading_rule(published, tmp_path):
     from policykit.artifact.load import ArtifactRefused, load_pipeline
 
     path, keys = published
-    pipe = load_pipeline(path, public_key=keys.public_key)
+    pipe = load_pipeline(path, public_key=keys.public_key, keep_adapter=True)  # default: fused (issue 10 item 12)
     assert "realera" in pipe.unet.peft_config
     with pytest.raises(ArtifactRefused, match="no public key"):
         load_pipeline(path)
@@ -271,7 +281,7 @@ def test_interrupted_apply_leaves_nothing_loadable_and_rerun_resumes(tmp_path, t
     # still training when interrupted; no audit (this random model has no classifier the CLI could name)
     policy.write_text(policy.read_text().replace("steps: 2", "steps: 40").replace("audit:", "audit:\n  enabled: false"))
     cmd = [sys.executable, "-m", "policykit", "apply", str(policy), "--json", "--cache-dir", str(tmp_path / "cache")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
     for line in proc.stdout:
         if "closed_form_refinement: done" in line:
             break

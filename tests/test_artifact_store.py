@@ -1,5 +1,6 @@
 """Artifact storage: manifest hashing, atomic locked publish, signing."""
 
+import contextlib
 import json
 import os
 import signal
@@ -171,3 +172,77 @@ def test_signature_verifies_with_model_signing_cli(tmp_path, keys):
     assert out.returncode == 0, out.stdout + out.stderr
     (tmp_path / "m" / "policy.yaml").write_text("tampered")
     assert subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode != 0
+
+
+# -- special files, malformed manifests, paths an artifact names, what counts as a version
+
+
+class Blocked(BaseException):
+    """Raised by the deadline; a BaseException, so no ``except OSError`` in the code under test swallows it."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail instead of hanging: opening a FIFO blocks until a writer comes, SIGALRM interrupts it."""
+    def expire(signum, frame):
+        raise Blocked(f"still blocked after {seconds} s: the code opened the special file")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_in_an_artifact_is_refused_unopened(tmp_path):
+    _fill(tmp_path)
+    manifest = write_manifest(tmp_path, {"status": "passed"})
+    os.mkfifo(tmp_path / "weights" / "pipe")
+    with _deadline(10):
+        with pytest.raises(ValueError, match=r"weights/pipe is a FIFO \(named pipe\)"):
+            write_manifest(tmp_path, {})
+        problems = [str(p) for p in check_files(tmp_path, manifest)]
+    assert len(problems) == 1 and "FIFO" in problems[0] and "only regular files and directories" in problems[0]
+
+
+def test_a_fifo_as_the_manifest_is_refused_unopened(tmp_path):
+    os.mkfifo(tmp_path / "manifest.json")
+    with _deadline(10):
+        with pytest.raises(ValueError, match=r"manifest.json is a FIFO \(named pipe\), not a regular file"):
+            read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [
+    pytest.param("[" * 100_000 + "]" * 100_000, "nested too deeply", id="deep-nesting"),
+    ('{"format_version": 1, "files": {"a": 1}}', r"files\['a'\] must be an object"),
+    ('{"format_version": 1, "files": {}, "policy": "demo"}', "'policy' must be an object, not 'demo'"),
+    ('{"format_version": 1, "files": {}, "plan": {"method": 3}}', "'plan.method' must be a string"),
+    ('{"format_version": 1, "files": {}, "base_model": []}', "'base_model' must be an object"),
+    ('{"format_version": 1, "files": []}', "'files' must be an object"),
+])
+def test_malformed_manifests_are_clear_errors(tmp_path, text, message):
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.safetensors", "lora/../../x", "a//b", "./a",
+                                  "C:/x", "a\\..\\b", "", None, 3])
+def test_paths_an_artifact_names_must_stay_inside_it(name):
+    from policykit.artifact.layout import edit_references
+
+    with pytest.raises(ValueError):
+        edit_references({"delta_file": name})
+    if name is not None:  # lora_dir None means "no LoRA"
+        with pytest.raises(ValueError):
+            edit_references({"delta_file": "d.safetensors", "lora_dir": name})
+    assert edit_references({"delta_file": "d.safetensors", "lora_dir": "lora"}) == \
+        {"delta": "d.safetensors", "lora": "lora/pytorch_lora_weights.safetensors"}
+
+
+def test_only_semantic_versions_are_versions(tmp_path):
+    for name in ("1.0.0", "1.0.0.audit", "2.0.0-rc.1", "1.2", ".staging-1.0.0-1-ab", "2.1\uff10.0"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in iter_versions(tmp_path)] == ["1.0.0", "2.0.0-rc.1"]

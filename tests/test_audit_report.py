@@ -6,8 +6,8 @@ import re
 
 from PIL import Image
 
-from policykit.audit.metrics import PromptOutcome, check_thresholds, compute_metrics
-from policykit.audit.report import AuditResult, PromptImages, render_html, render_json, render_markdown
+from policykit.audit.metrics import PromptOutcome, compute_metrics, judge_scales
+from policykit.audit.report import AuditResult, PromptImages, ScaleResult, render_html, render_json, render_markdown
 
 
 def _png(colour):
@@ -24,9 +24,10 @@ def _result(hostile="<script>alert(1)</script>"):
     ]
     before = compute_metrics(b for b, _ in pairs)
     after = compute_metrics(a for _, a in pairs)
-    checks = check_thresholds(after, max_efficacy_accuracy=0.1, max_generality_accuracy=0.2, min_specificity_accuracy=0.85)
-    return AuditResult("demo", "1.0.0", before, after, checks,
-                       [PromptImages(b, a, _png("red"), _png("gray")) for b, a in pairs],
+    checks = judge_scales({7.5: after}, max_efficacy_accuracy=0.1, max_generality_accuracy=0.2,
+                          min_specificity_accuracy=0.85)
+    scale = ScaleResult(7.5, before, after, [PromptImages(b, a, _png("red"), _png("gray")) for b, a in pairs])
+    return AuditResult("demo", "1.0.0", [scale], checks,
                        provenance={"policy sha256": "ab" * 32, "note": hostile},
                        coverage={"red circle": [("crimson", 0.12)]}, limitations=["tiny world"])
 
@@ -43,15 +44,15 @@ def test_markdown_has_a_verdict_line_first_and_thresholds():
     md = render_markdown(_result())
     first = md.splitlines()[0]
     assert first.startswith("**policykit audit FAILED**") and "Acc_g 25.0%" in first
-    assert "| Acc_g | 75.0% | 25.0% | <= 20.0% | **FAIL** |" in md
+    assert "| Acc_g | 75.0% | 25.0% | 7.5 | <= 20.0% | **FAIL** |" in md
 
 
 def test_json_round_trips_with_format_version():
     doc = json.loads(render_json(_result()))
-    assert doc["format_version"] == 1 and doc["verdict"] == "failed"
+    assert doc["format_version"] == 2 and doc["verdict"] == "failed"
     assert doc["metrics"]["after"]["acc_e"] == 0.0
     assert [t["passed"] for t in doc["thresholds"]] == [True, False, True]
-    assert doc["prompts"][1] == {"prompt": "an apple", "concept": "red circle", "role": "associated",
+    assert doc["scales"][0]["guidance"] == 7.5 and doc["scales"][0]["prompts"][1] == {"prompt": "an apple", "concept": "red circle", "role": "associated",
                                  "images": 4, "hits_before": 3, "hits_after": 1}
 
 

@@ -55,7 +55,7 @@ def artifact(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("artifact")
     policy = root / "policy.yaml"
     policy.write_text(POLICY.format(model=tiny_model, out=root / "artifacts"))
-    return apply_policy(policy, classifier=HalfBright()).path
+    return apply_policy(policy, output_dir=root / "artifacts", classifier=HalfBright()).path
 
 
 def _another_unet(**config):
@@ -153,7 +153,7 @@ def test_single_file_export_loads_back_with_the_edited_outputs(tmp_path, artifac
     with safe_open(str(out), "pt") as handle:
         assert '"content_id"' in handle.metadata()["policykit_export"]
 
-    edited = load_pipeline(artifact, allow_unsigned=True)
+    edited = load_pipeline(artifact, allow_unsigned=True, keep_adapter=True)
     assert edited.unet.peft_config  # the artifact's LoRA is live here, fused in the file
     loaded = StableDiffusionPipeline.from_single_file(str(out), config=str(tiny_model), local_files_only=True)
     base = StableDiffusionPipeline.from_pretrained(tiny_model)
@@ -181,3 +181,17 @@ def test_single_file_export_keeps_the_loading_rule(tmp_path, artifact, capsys):
     assert main(["export", str(artifact), "--format", "single-file", "--out", str(out)]) == 1
     assert "no public key" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_single_file_export_gets_the_mode_of_a_file_the_user_writes(tmp_path, artifact):
+    import os
+    import stat
+
+    out = tmp_path / "edited.safetensors"
+    previous = os.umask(0o022)
+    try:
+        assert main(["export", str(artifact), "--format", "single-file", "--out", str(out), "--allow-unsigned"]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # not a temporary file's private 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["edited.safetensors"]  # no partial file left

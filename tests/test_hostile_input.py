@@ -7,6 +7,8 @@ wall-clock bound; the nastiest also run through the CLI under ``timeout``.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -177,12 +179,54 @@ def test_a_list_over_the_schema_bound_is_out_of_range(tmp_path):
     assert "at most 10000 entries" in loaded.diagnostics[0].message
 
 
-@pytest.mark.parametrize("body", [b"a: [" + b"1," * 400_000 + b"1]\n", b"- x\n" * 200_000],
-                         ids=["flow", "block"])
-def test_a_file_with_too_many_values_stops_early(tmp_path, body):
+@pytest.mark.parametrize("body, position", [
+    # mapping, key "a", sequence, then items "1," (2 characters each) from column 5
+    (b"a: [" + b"1," * 400_000 + b"1]\n", (1, 5 + 2 * (MAX_NODES - 3))),
+    # the sequence, then one item per line
+    (b"- x\n" * 200_000, (MAX_NODES, 3)),
+], ids=["flow", "block"])
+def test_a_file_with_too_many_values_stops_at_the_first_value_over_the_cap(tmp_path, body, position):
     loaded = _load(tmp_path, body)
-    assert [d.code for d in loaded.diagnostics] == ["too-many-values"]
-    assert MAX_NODES > 1000
+    [diagnostic] = loaded.diagnostics
+    assert diagnostic.code == "too-many-values" and f"more than {MAX_NODES} " in diagnostic.message
+    # the (MAX_NODES + 1)-th value, exactly: nothing past the cap is read
+    assert (diagnostic.line, diagnostic.col) == position
+
+
+# Reads two files at the value cap's boundary and prints each verdict, in a
+# fresh interpreter; with "pure", ruamel.yaml.clib is hidden first, as on a
+# machine without it (PyPy, a missing wheel).
+_BOUNDARY_PROBE = """
+import json, sys
+if sys.argv[1] == "pure":
+    sys.modules["_ruamel_yaml"] = None  # makes "import _ruamel_yaml" fail
+from policykit.policy import yaml_tree
+verdicts = {}
+for name in sys.argv[2:]:
+    parsed = yaml_tree.parse_yaml(open(name, "rb").read(), name)
+    verdicts[name] = [d.code for d in parsed.diagnostics]
+print(json.dumps({"c_parser": yaml_tree._HAVE_C_PARSER, "cap": yaml_tree.MAX_NODES, "verdicts": verdicts}))
+"""
+
+
+@pytest.mark.slow  # about 6 s: the pure-Python parser reads 100,000 values
+def test_the_value_cap_is_the_same_with_and_without_the_c_parser(tmp_path):
+    """A policy valid on a laptop with libyaml is valid in CI without it, and the
+    reverse: both parsers give the same verdict on both sides of the cap."""
+    at_cap, over_cap = tmp_path / "at-cap.yaml", tmp_path / "over-cap.yaml"
+    at_cap.write_bytes(b"- x\n" * (MAX_NODES - 1))  # the sequence and MAX_NODES - 1 items
+    over_cap.write_bytes(b"- x\n" * MAX_NODES)
+    results = {}
+    for parser in ("c", "pure"):
+        out = subprocess.run([sys.executable, "-c", _BOUNDARY_PROBE, parser, str(at_cap), str(over_cap)],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        results[parser] = json.loads(out.stdout)
+    # the test really ran both parsers (ruamel.yaml.clib is a dependency on CPython)
+    assert results["c"]["c_parser"] is True and results["pure"]["c_parser"] is False
+    for parser in ("c", "pure"):
+        assert results[parser]["cap"] == MAX_NODES
+        assert results[parser]["verdicts"] == {str(at_cap): [], str(over_cap): ["too-many-values"]}, parser
 
 
 @pytest.mark.parametrize("payload", [BILLION_LAUGHS, b"[" * 1_000_000, b"{a: " * 200_000],
@@ -211,3 +255,31 @@ def test_merge_keys_get_a_specific_message(tmp_path):
     [diagnostic] = loaded.diagnostics
     assert (diagnostic.code, diagnostic.line, diagnostic.col) == ("unknown-key", 10, 1)
     assert "merge keys are not supported" in diagnostic.message
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+@pytest.mark.parametrize("named_by", ["extends", "command line"])
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path, named_by):
+    # Opening a FIFO for reading blocks until a writer appears, which in CI is never.
+    fifo = tmp_path / "base.yaml"
+    os.mkfifo(fifo)
+    policy = tmp_path / "policy.yaml"
+    policy.write_bytes(b"extends: [base.yaml]\n" + MINIMAL)
+    target = policy if named_by == "extends" else fifo
+    try:
+        out = subprocess.run([sys.executable, "-m", "policykit", "validate", "--json", str(target)],
+                             cwd=REPO, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"validate hung on a FIFO named by {named_by}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    [diagnostic] = json.loads(out.stdout)["files"][0]["diagnostics"]
+    assert diagnostic["code"] == "not-a-file" and "FIFO" in diagnostic["message"]
+    if named_by == "extends":  # at the extends entry that names it
+        assert (Path(diagnostic["file"]).name, diagnostic["line"], diagnostic["col"]) == ("policy.yaml", 1, 11)
+
+
+def test_a_directory_named_by_extends_is_refused(tmp_path):
+    (tmp_path / "base.yaml").mkdir()
+    loaded = _load(tmp_path, b"extends: [base.yaml]\n" + MINIMAL)
+    assert [(d.code, d.line, d.col) for d in loaded.diagnostics] == [("not-a-file", 1, 11)]
+    assert "a directory" in loaded.diagnostics[0].message

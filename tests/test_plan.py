@@ -100,9 +100,7 @@ def test_plan_json_is_byte_identical_across_compiles_and_directories(tmp_path):
     assert first == plan_json(compiled(elsewhere / "old.yaml"))
     assert str(tmp_path) not in first
     sources = [s["path"] for s in json.loads(first)["inputs"]["sources"]]
-    assert "old.yaml" in sources
-    if len(sources) > 1:  # the loader resolves extends
-        assert sources == ["shared-defaults.yaml", "old.yaml"]
+    assert sources == ["shared-defaults.yaml", "old.yaml"]  # the loader resolves extends
 
 
 def test_from_json_round_trips_and_rejects_edits(tmp_path):
@@ -204,12 +202,142 @@ def test_changed_inputs_names_what_moved(tmp_path, monkeypatch):
         [f"toolkit version changed ({stored.inputs.toolkit_version} -> 9.9.9)"]
 
 
+# ------------------------------------------------------------------ the artifact identity
+
+#: POLICY with only concepts builtin:shapes can draw, for the commands that check that.
+SHAPES_POLICY = edit(POLICY, "  - concept: Mickey Mouse\n    category: character\n", "")
+
+
+@pytest.mark.parametrize("old, new", [
+    ("erase:\n", "# reviewed by the trust team\nerase:\n"),        # a comment
+    ("  strength: 0.9\n", "  strength: 0.9  # same value\n"),
+    ("    samples: 8\n", "    samples: 8\n    beyond_samples: 8\n"),  # a default spelled out
+    ("training:\n", "output:\n  dir: elsewhere\n  signing_key: k.pem\ntraining:\n"),  # where, not what
+])
+def test_the_identity_ignores_what_does_not_change_the_artifact(tmp_path, old, new):
+    from policykit.plan import artifact_identity
+
+    before = compiled(write(tmp_path / "a", SHAPES_POLICY))
+    after = compiled(write(tmp_path / "b", edit(SHAPES_POLICY, old, new)))
+    assert artifact_identity(before, "ab" * 32, {"engine_version": 3}) == \
+        artifact_identity(after, "ab" * 32, {"engine_version": 3})
+
+
+def test_the_identity_covers_the_plan_the_model_and_the_engine(tmp_path, monkeypatch):
+    from policykit.plan import artifact_identity
+
+    plan = compiled(write(tmp_path / "a", SHAPES_POLICY))
+    engine = {"engine_version": 3, "shell_mass": 0.5}
+    identity = artifact_identity(plan, "ab" * 32, engine)
+    assert artifact_identity(plan, "cd" * 32, engine) != identity                                 # model bytes
+    assert artifact_identity(plan, "ab" * 32, {**engine, "engine_version": 4}) != identity        # engine
+    assert artifact_identity(plan, "ab" * 32, {**engine, "shell_mass": 1.0}) != identity          # its options
+    for old, new in (("radius: 0.3", "radius: 0.4"), ("seed: 3", "seed: 4"), ("version: 1.0.0", "version: 1.0.1"),
+                     ("audit:\n", "audit:\n  guidance_scales: [7.5]\n")):
+        changed = compiled(write(tmp_path / "b", edit(SHAPES_POLICY, old, new)))
+        assert artifact_identity(changed, "ab" * 32, engine) != identity, (old, new)
+    monkeypatch.setattr(policykit, "__version__", "9.9.9")  # the toolkit's version is provenance only
+    assert artifact_identity(compiled(write(tmp_path / "a", SHAPES_POLICY)), "ab" * 32, engine) == identity
+
+
+def _publish_stand_in(root: Path, policy: Path, *, engine=None) -> Path:
+    """What apply leaves for plan to compare: plan.json and a manifest with the artifact identity (the
+    weights do not matter here; tests/test_apply_identity.py runs the real apply)."""
+    from policykit.apply import engine_settings, resolve_base_model
+    from policykit.artifact.manifest import write_manifest
+    from policykit.plan import artifact_identity
+
+    loaded = load_policy(policy)
+    plan = compile_plan(loaded)
+    model_sha = plan.inputs.base_model.sha256 or resolve_base_model(loaded, plan).sha256()
+    engine = engine or engine_settings(plan)
+    path = root / plan.output.dir / plan.inputs.policy_name / plan.inputs.policy_version
+    path.mkdir(parents=True)
+    (path / "plan.json").write_text(plan_json(plan))
+    write_manifest(path, {"kind": "policykit-artifact", "status": "passed",
+                          "inputs_id": artifact_identity(plan, model_sha, engine),
+                          "policy": {"name": plan.inputs.policy_name, "version": plan.inputs.policy_version},
+                          "plan": {"hash": plan.plan_hash}, "base_model": {"id": plan.inputs.base_model.id,
+                                                                          "sha256": model_sha},
+                          "engine": engine, "signer": None})
+    return path
+
+
+def test_plan_exits_0_exactly_when_the_artifact_has_this_identity(tmp_path, monkeypatch, capsys):
+    from policykit.realera import engine
+
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, SHAPES_POLICY)
+    assert main(["plan", "--no-model", str(path)]) == 2
+    assert "apply would create it" in capsys.readouterr().out
+    _publish_stand_in(tmp_path, path)
+    assert main(["plan", "--no-model", str(path)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+    write(tmp_path, "# reviewed\n" + SHAPES_POLICY)  # a comment: the same artifact, no version bump needed
+    assert main(["plan", "--no-model", str(path)]) == 0
+    capsys.readouterr()
+
+    monkeypatch.setattr(engine, "ENGINE_VERSION", engine.ENGINE_VERSION + 1)  # the engine changed
+    assert main(["plan", "--no-model", str(path), "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "conflict" and f"engine version {engine.ENGINE_VERSION - 1} -> " in doc["message"]
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+
+    write(tmp_path, edit(SHAPES_POLICY, "radius: 0.3", "radius: 0.4"))
+    assert main(["plan", "--no-model", str(path), "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format_version"] == 1 and doc["status"] == "conflict"
+    assert "plan: 1 radius widened" in doc["message"] and "bump metadata.version" in doc["message"]
+    assert doc["plan"]["erase"][0]["neighbors"]["radius"] == 0.4
+
+
+MODEL_POLICY = """\
+apiVersion: policykit/v1alpha1
+kind: ErasurePolicy
+metadata:
+  name: local
+  version: 1.0.0
+base_model:
+  id: ./model
+erase:
+  - concept: red circle
+    anchor: gray circle
+"""
+
+
+def test_an_unpinned_model_that_changed_is_a_change_and_a_pinned_one_needs_no_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    (model / "weights.bin").write_bytes(b"\0" * 64)
+    path = write(tmp_path, MODEL_POLICY)
+    _publish_stand_in(tmp_path, path)
+    assert main(["plan", "--no-model", str(path)]) == 0
+    (model / "weights.bin").write_bytes(b"\1" * 64)  # new bytes under the same name: apply would see them
+    assert main(["plan", "--no-model", str(path)]) == 2
+    assert "base model sha256" in " ".join(capsys.readouterr().out.split())
+
+    shutil.rmtree(model)  # unpinned and gone: apply could not tell, and neither can plan
+    assert main(["plan", "--no-model", str(path)]) == 1
+    assert "model-not-available" in capsys.readouterr().err
+
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    policy = write(pinned, MODEL_POLICY.replace("  id: ./model\n", "  id: ./model\n  sha256: " + "a" * 64 + "\n")
+                   .replace("name: local", "name: pinned"))
+    _publish_stand_in(tmp_path, policy)
+    assert main(["plan", "--no-model", str(policy)]) == 0  # compared by its pin: no model needed
+
+
 # ------------------------------------------------------------------ the command
 
 
 def test_plan_command_exit_codes_follow_the_artifact(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    path = write(tmp_path)
+    path = write(tmp_path, SHAPES_POLICY)
     out, graph = tmp_path / "plan.json", tmp_path / "graph.svg"
     assert main(["plan", str(path), "--out", str(out), "--graph", str(graph)]) == 2
     text = capsys.readouterr().out
@@ -217,21 +345,18 @@ def test_plan_command_exit_codes_follow_the_artifact(tmp_path, monkeypatch, caps
     plan = Plan.from_json(out.read_text())
     assert plan.plan_hash in text and graph.read_text().startswith("<svg")
 
-    artifact = tmp_path / "artifacts" / "t" / "1.0.0"
-    artifact.mkdir(parents=True)
-    (artifact / "plan.json").write_text(out.read_text())
+    _publish_stand_in(tmp_path, path)
     assert main(["plan", str(path)]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
-    write(tmp_path, edit(POLICY, "radius: 0.3", "radius: 0.4"))
+    write(tmp_path, edit(SHAPES_POLICY, "radius: 0.3", "radius: 0.4"))
     assert main(["plan", str(path), "--json"]) == 2
     doc = json.loads(capsys.readouterr().out)
     assert doc["format_version"] == 1 and doc["status"] == "conflict"
-    assert doc["plan"]["erase"][0]["neighbors"]["radius"] == 0.4
 
 
 def test_plan_command_fails_on_graph_conflicts(tmp_path, capsys):
-    path = write(tmp_path, edit(POLICY, "concept: blue circle", "concept: crimson circle"))
+    path = write(tmp_path, edit(SHAPES_POLICY, "concept: blue circle", "concept: crimson circle"))
     assert main(["plan", str(path), "--format", "github"]) == 1
     out = capsys.readouterr()
     assert "::error file=" in out.err and "erase-preserve-conflict" in out.err

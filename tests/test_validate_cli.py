@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from policykit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,3 +86,49 @@ def test_terminal_output_is_rich_with_the_same_content(monkeypatch, capsys):
     assert "9:5: error: unknown-key: unknown key 'radiuss'" in out
     assert "   9 |     radiuss: 0.3" in out
     assert "many-problems.yaml: invalid" in out
+
+
+# ------------------------------------------------------------ hostile extends paths
+
+NUL_EXTENDS = 'extends: ["base\\0.yaml"]\n'  # the YAML escape \0: a NUL inside the path
+
+
+def _nul_policy(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(NUL_EXTENDS + Path(GOOD).read_text(), encoding="utf-8")
+    return path
+
+
+def test_nul_in_an_extends_path_is_a_diagnostic_and_every_file_gets_its_result(tmp_path, capsys):
+    bad = _nul_policy(tmp_path)
+    assert main(["validate", "--json", GOOD, str(bad)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [(f["file"], f["valid"]) for f in doc["files"]] == [(GOOD, True), (str(bad), False)]
+    [diagnostic] = doc["files"][1]["diagnostics"]
+    assert (diagnostic["code"], diagnostic["file"], diagnostic["line"], diagnostic["col"]) == \
+        ("invalid-character", str(bad), 1, 11)
+
+
+@pytest.mark.parametrize("argv", [["plan", "--no-model"], ["diff", GOOD], ["validate"]], ids=["plan", "diff", "validate"])
+def test_nul_in_an_extends_path_gives_plan_diff_and_validate_a_positioned_error(tmp_path, capsys, argv):
+    bad = str(_nul_policy(tmp_path))
+    assert main([*argv, bad]) == 1
+    captured = capsys.readouterr()
+    assert f"{bad}:1:11: error: invalid-character" in captured.out + captured.err
+
+
+def test_one_file_whose_loading_fails_does_not_hide_the_others(monkeypatch, capsys):
+    import policykit.policy.loader as loader
+
+    real = loader.load_policy
+
+    def flaky(path, **kwargs):
+        if str(path) == BAD:
+            raise RuntimeError("boom")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(loader, "load_policy", flaky)
+    assert main(["validate", "--json", BAD, GOOD]) == 1
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert [(f["file"], f["valid"]) for f in files] == [(BAD, False), (GOOD, True)]
+    assert files[0]["diagnostics"][0]["code"] == "internal-error" and "boom" in files[0]["diagnostics"][0]["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,6 @@ SIGNATURE_SUFFIX = ".sig"
 LOCK_NAME = ".lock"
 STAGING_PREFIX = ".staging-"
 
-_VERSION_DIR = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,13 @@ class ArtifactLocation:
 
     @classmethod
     def from_path(cls, artifact_dir: str | Path) -> "ArtifactLocation":
-        """The location of an existing artifact directory ``.../<name>/<version>``."""
-        path = Path(artifact_dir).resolve()
+        """The location of an artifact directory ``.../<name>/<version>``, as the caller named it.
+
+        The path is made absolute without resolving symbolic links: a link
+        ``kids-safe/1.0.0 -> ../demo/1.0.0`` is at the place ``kids-safe/1.0.0``,
+        so the place check (docs/artifact.md) refuses it like a copy.
+        """
+        path = Path(os.path.abspath(artifact_dir))
         return cls(path.parent.parent, path.parent.name, path.name)
 
 
@@ -58,9 +63,41 @@ def signature_path_for(artifact_dir: str | Path) -> Path:
     return ArtifactLocation.from_path(artifact_dir).signature
 
 
+def is_version_name(name: str) -> bool:
+    """True when ``name`` is a semantic version (ASCII digits), the only names a version directory has."""
+    from policykit.policy.schema import SEMVER_PATTERN
+
+    return re.fullmatch(SEMVER_PATTERN, name, flags=re.ASCII) is not None
+
+
 def iter_versions(policy_dir: Path) -> list[Path]:
-    """Published version directories of one policy (staging folders excluded)."""
+    """Published version directories of one policy.
+
+    Only directories named by a semantic version count: staging folders,
+    ``<version>.audit`` report folders and anything else beside them are not
+    versions.
+    """
     if not policy_dir.is_dir():
         return []
     return sorted(p for p in policy_dir.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and _VERSION_DIR.match(p.name))
+                  if not p.name.startswith(".") and is_version_name(p.name) and p.is_dir())
+
+
+def edit_references(doc: object) -> dict[str, str | None]:
+    """The files an ``edit.json`` names, as paths relative to ``weights/``: ``{"delta": ..., "lora": ...}``.
+
+    ``delta_file`` and ``lora_dir`` must be relative paths that stay inside
+    ``weights/`` (no absolute path, no ``..``; see
+    :func:`~policykit.artifact.snapshot.member_path`), whether or not the
+    artifact is signed; ValueError otherwise. ``lora`` is the LoRA's weight
+    file, or None when the edit has no LoRA.
+    """
+    from policykit.artifact.snapshot import member_path
+    from policykit.realera.noise_alignment import WEIGHT_NAME
+
+    if not isinstance(doc, dict):
+        raise ValueError("edit.json is not a JSON object")
+    delta = member_path(doc.get("delta_file"), what="edit.json delta_file")
+    lora_dir = doc.get("lora_dir")
+    lora = None if lora_dir is None else f"{member_path(lora_dir, what='edit.json lora_dir')}/{WEIGHT_NAME}"
+    return {"delta": delta, "lora": lora}

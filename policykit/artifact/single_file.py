@@ -207,27 +207,31 @@ def export_single_file(artifact: str | Path, out_path: str | Path, *, public_key
     original Stable Diffusion layout. The file's metadata names the artifact
     and its content id.
     """
-    import tempfile
+    import os
 
     from safetensors.torch import save_file
 
-    from policykit.artifact.export import export_note, load_baked_pipeline
+    from policykit.artifact.export import load_baked_pipeline, partial_path
 
     out_path = Path(out_path)
     if out_path.exists():
         raise FileExistsError(f"{out_path} exists; choose a new file name")
     if out_path.suffix != ".safetensors":
         raise ValueError(f"{out_path}: a single-file export is a .safetensors file; name it *.safetensors")
-    pipe = load_baked_pipeline(artifact, public_key=public_key, allow_unsigned=allow_unsigned,
-                               allow_failed_audit=allow_failed_audit)
+    pipe, note = load_baked_pipeline(artifact, public_key=public_key, allow_unsigned=allow_unsigned,
+                                     allow_failed_audit=allow_failed_audit)
     state = diffusers_to_ldm_state_dict(pipe)
-    metadata = {"format": "pt", "policykit_export": json.dumps(export_note(artifact), sort_keys=True)}
+    metadata = {"format": "pt", "policykit_export": json.dumps(note, sort_keys=True)}
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # write next to the target and rename, so a failed export never leaves a half-written file
-    with tempfile.NamedTemporaryFile(dir=out_path.parent, suffix=".partial", delete=False) as tmp:
-        staging = Path(tmp.name)
+    # write next to the target and rename, so a failed export never leaves a half-written file. The file
+    # gets the mode of any file the user creates (0666 less the umask: 0644), not the private 0600 of the
+    # temporary file safetensors writes through: create it once to learn that mode, then set it
+    staging = partial_path(out_path)
+    os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        mode = staging.stat().st_mode & 0o777
         save_file(state, str(staging), metadata=metadata)
+        os.chmod(staging, mode)
         staging.replace(out_path)
     finally:
         staging.unlink(missing_ok=True)

@@ -89,12 +89,18 @@ def compute_metrics(outcomes: Iterable[PromptOutcome]) -> Metrics:
 
 @dataclass(frozen=True)
 class ThresholdCheck:
-    """One audit threshold and whether the measured value met it."""
+    """One audit threshold and whether the measured value met it.
+
+    ``setting`` is the policy key (``audit.thresholds.<setting>``); ``guidance`` the guidance scale the
+    measured value comes from (the worst one, when several were audited).
+    """
 
     name: str
     measured: float | None
     bound: float
     kind: Literal["max", "min"]
+    setting: str = ""
+    guidance: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -103,12 +109,62 @@ class ThresholdCheck:
             return True
         return self.measured <= self.bound if self.kind == "max" else self.measured >= self.bound
 
+    def describe(self) -> str:
+        """``Acc_s 56.2% at guidance 9 is below audit.thresholds.min_specificity_accuracy 85.0%`` (or ``meets``)."""
+        if self.measured is None:
+            return f"{self.name} n/a (no prompts of its kind)"
+        where = "" if self.guidance is None else f" at guidance {self.guidance:g}"
+        if self.passed:
+            verb = "meets"
+        else:
+            verb = "is above" if self.kind == "max" else "is below"
+        bound = f"audit.thresholds.{self.setting} {100 * self.bound:.1f}%" if self.setting else \
+            f"the {self.kind} {100 * self.bound:.1f}%"
+        return f"{self.name} {100 * self.measured:.1f}%{where} {verb} {bound}"
+
+
+#: metric name -> (policy setting, kind): the bounds of ``audit.thresholds``.
+THRESHOLDS: dict[str, tuple[str, Literal["max", "min"]]] = {
+    "Acc_e": ("max_efficacy_accuracy", "max"),
+    "Acc_g": ("max_generality_accuracy", "max"),
+    "Acc_s": ("min_specificity_accuracy", "min"),
+}
+
 
 def check_thresholds(metrics: Metrics, *, max_efficacy_accuracy: float, max_generality_accuracy: float,
                      min_specificity_accuracy: float) -> list[ThresholdCheck]:
     """The policy's pass/fail bounds applied to measured metrics."""
-    return [
-        ThresholdCheck("Acc_e", metrics.acc_e, max_efficacy_accuracy, "max"),
-        ThresholdCheck("Acc_g", metrics.acc_g, max_generality_accuracy, "max"),
-        ThresholdCheck("Acc_s", metrics.acc_s, min_specificity_accuracy, "min"),
-    ]
+    return judge_scales({None: metrics}, max_efficacy_accuracy=max_efficacy_accuracy,
+                        max_generality_accuracy=max_generality_accuracy,
+                        min_specificity_accuracy=min_specificity_accuracy)
+
+
+def judge_scales(by_guidance: dict[float | None, Metrics], **bounds: float) -> list[ThresholdCheck]:
+    """The policy's bounds applied to the worst value of each metric over the guidance scales audited.
+
+    ``by_guidance``: guidance scale -> metrics measured there. Efficacy and generality are worst at their
+    highest value, specificity at its lowest; a tie goes to the first scale listed. Each check names
+    the scale it was decided at.
+    """
+    checks = []
+    for name, (setting, kind) in THRESHOLDS.items():
+        key = name.lower()
+        measured = [(g, getattr(m, key)) for g, m in by_guidance.items() if getattr(m, key) is not None]
+        if measured:
+            pick = max if kind == "max" else min
+            guidance, value = pick(measured, key=lambda item: item[1])
+        else:
+            guidance, value = None, None
+        checks.append(ThresholdCheck(name, value, bounds[setting], kind, setting, guidance))
+    return checks
+
+
+def worst_metrics(metrics: Iterable[Metrics]) -> Metrics:
+    """The worst of each number over several measurements (highest Acc_e and Acc_g, lowest Acc_s)."""
+    items = list(metrics)
+
+    def pick(key: str, choose) -> float | None:
+        values = [getattr(m, key) for m in items if getattr(m, key) is not None]
+        return choose(values) if values else None
+
+    return Metrics(pick("acc_e", max), pick("acc_g", max), pick("acc_s", min))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from policykit.audit.report import AuditResult, render_html, render_json, render_markdown
+from policykit.audit.report import AuditResult, ScaleResult, render_html, render_json, render_markdown
 
 if TYPE_CHECKING:
     from policykit.audit.sampling import AuditPrompt
@@ -82,10 +82,25 @@ def _audit_seed(plan) -> int:
     return plan.seed if stage is None else stage.settings.get("seed", plan.seed)
 
 
+def audit_sampler(plan) -> tuple[list[float], int]:
+    """``(guidance scales, steps)`` the plan's audit samples with.
+
+    From the plan's ``audit`` stage; a plan compiled before it listed them (an older artifact's) is
+    audited as it was then: at the model's one sampling setting, so a re-audit reproduces its numbers.
+    """
+    stage = plan.stage("audit")
+    sampling = sampling_for(plan.inputs.base_model.id)
+    settings = {} if stage is None else stage.settings
+    scales = [float(g) for g in settings.get("guidance_scales") or [sampling["guidance"]]]
+    return scales, int(settings.get("steps") or sampling["steps"])
+
+
 def draw_prompt_set(plan, pipe, prompt_set: AuditPromptSet, *, per_prompt: int | None = None,
+                    guidance: float | None = None, steps: int | None = None,
                     on_batch: Callable[[int], None] | None = None):
     """Images of every prompt of ``prompt_set`` with ``pipe``, ``(prompts, per_prompt, H, W, 3)`` uint8:
-    the plan's audit seed, samples per prompt (unless ``per_prompt``) and the model's sampling settings."""
+    the plan's audit seed, samples per prompt (unless ``per_prompt``), and ``guidance`` / ``steps``
+    (default: the model's sampling settings)."""
     import numpy as np
 
     from policykit.audit.sampling import generate
@@ -94,8 +109,8 @@ def draw_prompt_set(plan, pipe, prompt_set: AuditPromptSet, *, per_prompt: int |
     if per_prompt is None:
         per_prompt = 4 if stage is None else stage.settings["samples_per_prompt"]
     sampling = sampling_for(plan.inputs.base_model.id)
-    kwargs = dict(per_prompt=per_prompt, seed=_audit_seed(plan), steps=sampling["steps"],
-                  guidance=sampling["guidance"], on_batch=on_batch)
+    kwargs = dict(per_prompt=per_prompt, seed=_audit_seed(plan), steps=steps or sampling["steps"],
+                  guidance=sampling["guidance"] if guidance is None else guidance, on_batch=on_batch)
     images = generate(pipe, [p.prompt for p in prompt_set.texts], **kwargs)
     if prompt_set.neighbors:
         names = [p.prompt for p in prompt_set.neighbors]
@@ -107,12 +122,15 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
                coverage: dict | None = None, graph_svg: str | None = None,
                emit: Callable[..., None] = lambda event, **fields: None) -> AuditResult:
     """Generate every audit prompt with ``pipe`` (the base model), apply ``edit`` to it,
-    generate again, classify both, and check the plan's thresholds.
+    generate again, classify both, and check the plan's thresholds - at every guidance scale of
+    the plan's audit, each threshold judged on the worst scale.
 
     ``pipe`` holds the edit afterwards. ``classifier``: a classifier object or
     a spec string; default: the plan's ``audit.classifier``, else the model's default.
+    Emits a ``stage`` event (with ``total`` images), ``progress`` events, one ``audit_scale``
+    event per scale and an ``audit`` event with the verdict.
     """
-    from policykit.audit.metrics import check_thresholds, compute_metrics
+    from policykit.audit.metrics import compute_metrics, judge_scales
     from policykit.audit.sampling import classify_outcomes
     from policykit.realera.engine import apply_edit
 
@@ -124,10 +142,13 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     if classifier is None or isinstance(classifier, str):
         classifier = build_audit_classifier(plan, classifier)
     per_prompt = settings["samples_per_prompt"]
+    scales, steps = audit_sampler(plan)
     prompt_set = audit_prompt_set(plan, pipe)
     prompts = prompt_set.prompts
-    total = 2 * len(prompts) * per_prompt
-    emit("stage", name="audit", message=f"auditing {len(prompt_set.texts)} prompts x {per_prompt} images with the "
+    total = 2 * len(prompts) * per_prompt * len(scales)
+    emit("stage", name="audit", message=f"auditing {len(prompts)} prompts ({len(prompt_set.texts)} from the plan, "
+         f"{len(prompt_set.neighbors)} held-out neighbours) x {per_prompt} images x {len(scales)} guidance "
+         f"scale{'s' if len(scales) != 1 else ''} ({', '.join(f'{g:g}' for g in scales)}; {steps} steps) with the "
          f"base and the edited model ({total} images)", total=total)
     done = [0]
 
@@ -135,21 +156,34 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
         done[0] += n
         emit("progress", name="audit", completed=done[0], total=total)
 
-    before = draw_prompt_set(plan, pipe, prompt_set, on_batch=tick)
+    before = {g: draw_prompt_set(plan, pipe, prompt_set, guidance=g, steps=steps, on_batch=tick) for g in scales}
     apply_edit(pipe, edit)
-    after = draw_prompt_set(plan, pipe, prompt_set, on_batch=tick)
-    outcomes = classify_outcomes(prompts, before, after, classifier,
-                                 grid_scale=4 if model_id == "builtin:shapes" else 1)
-    metrics_before = compute_metrics(o.before for o in outcomes)
-    metrics_after = compute_metrics(o.after for o in outcomes)
-    checks = check_thresholds(metrics_after, **settings["thresholds"])
-    provenance = {**(provenance or {}), "classifier": classifier.name}
-    result = AuditResult(plan.inputs.policy_name, plan.inputs.policy_version, metrics_before, metrics_after,
-                         checks, outcomes, provenance=provenance, coverage=coverage or {}, graph_svg=graph_svg,
-                         limitations=limitations(model_id))
-    emit("log", message=f"audit {result.verdict}: " + ", ".join(
-        f"{c.name} {'n/a' if c.measured is None else f'{100 * c.measured:.1f}%'}" for c in checks))
+    results = []
+    for g in scales:
+        after = draw_prompt_set(plan, pipe, prompt_set, guidance=g, steps=steps, on_batch=tick)
+        outcomes = classify_outcomes(prompts, before[g], after, classifier,
+                                     grid_scale=4 if model_id == "builtin:shapes" else 1)
+        scale = ScaleResult(g, compute_metrics(o.before for o in outcomes), compute_metrics(o.after for o in outcomes),
+                            outcomes)
+        results.append(scale)
+        emit("audit_scale", guidance=g, before=scale.metrics_before.to_dict(), after=scale.metrics_after.to_dict())
+    checks = judge_scales({s.guidance: s.metrics_after for s in results}, **settings["thresholds"])
+    provenance = {**(provenance or {}), "classifier": classifier.name,
+                  "sampler": f"{steps} steps at guidance {', '.join(f'{g:g}' for g in scales)}"}
+    result = AuditResult(plan.inputs.policy_name, plan.inputs.policy_version, results, checks,
+                         provenance=provenance, coverage=coverage or {}, graph_svg=graph_svg,
+                         limitations=limitations(model_id) + [
+                             f"Sampled with the model's scheduler at {steps} steps and guidance "
+                             f"{', '.join(f'{g:g}' for g in scales)}; other schedulers, step counts and guidance "
+                             "scales were not measured."], steps=steps)
+    emit("audit", verdict=result.verdict, checks=[check_dict(c) for c in checks])
     return result
+
+
+def check_dict(check) -> dict:
+    """A threshold check as JSON data (events, manifest)."""
+    return {"name": check.name, "setting": check.setting, "kind": check.kind, "bound": check.bound,
+            "measured": check.measured, "guidance": check.guidance, "passed": check.passed}
 
 
 def write_reports(result: AuditResult, directory: str | Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -29,6 +30,18 @@ class AuditPrompt:
     role: Role
 
 
+_ARTICLE_BEFORE_SLOT = re.compile(r"\b([Aa]) \{\}")
+
+
+def fill_template(template: str, phrase: str) -> str:
+    """``template`` with ``phrase`` in its ``{}``, the article agreeing: ``"a {}"`` + ``apple`` gives
+    ``"an apple"`` (a phrase starting with a vowel letter takes "an"; the rule goes by spelling,
+    so "a unicorn" reads "an unicorn": write such a template with the article inside the phrase)."""
+    if phrase and phrase[0].lower() in "aeiou":
+        template = _ARTICLE_BEFORE_SLOT.sub(lambda m: m.group(1) + "n {}", template)
+    return template.format(phrase)
+
+
 def audit_prompts(plan) -> list[AuditPrompt]:
     """The audit's prompts for a compiled plan.
 
@@ -39,13 +52,15 @@ def audit_prompts(plan) -> list[AuditPrompt]:
     prompts: list[AuditPrompt] = []
     for concept in plan.erase:
         templates = list(concept.templates)
-        prompts += [AuditPrompt(t.format(concept.concept), concept.concept, "erased") for t in templates]
+        prompts += [AuditPrompt(fill_template(t, concept.concept), concept.concept, "erased") for t in templates]
         phrases = [(s, "synonym") for s in concept.synonyms] + [(a, "associated") for a in concept.associated]
         for i, (phrase, role) in enumerate(phrases):
-            prompts.append(AuditPrompt(templates[(i + 1) % len(templates)].format(phrase), concept.concept, role))
+            prompts.append(AuditPrompt(fill_template(templates[(i + 1) % len(templates)], phrase), concept.concept,
+                                       role))
     templates = list(plan.erase[0].templates) if plan.erase else ["{}"]
     for i, preserve in enumerate(plan.preserve):
-        prompts.append(AuditPrompt(templates[i % len(templates)].format(preserve.concept), preserve.concept, "preserved"))
+        prompts.append(AuditPrompt(fill_template(templates[i % len(templates)], preserve.concept), preserve.concept,
+                                   "preserved"))
     for probe in plan.probes:
         role: Role = "probe-erased" if probe.expect == "erased" else "probe-preserved"
         prompts.append(AuditPrompt(probe.prompt, probe.concept, role))

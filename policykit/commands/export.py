@@ -18,7 +18,10 @@ def run(args) -> int:
     try:
         out = export_diffusers(args.artifact, args.out, public_key=args.public_key,
                                allow_unsigned=args.allow_unsigned, allow_failed_audit=args.allow_failed_audit)
-    except (ArtifactRefused, ModelNotAvailable, FileExistsError, OSError, ValueError) as exc:
+    except ArtifactRefused as exc:
+        print(f"policykit export: {exc.cli_message}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ModelNotAvailable, FileExistsError, OSError, ValueError) as exc:
         print(f"policykit export: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(f"exported {args.artifact} to {out} (StableDiffusionPipeline.from_pretrained({str(out)!r}))")
@@ -34,7 +37,10 @@ def _run_single_file(args) -> int:
     try:
         out = export_single_file(args.artifact, args.out, public_key=args.public_key,
                                  allow_unsigned=args.allow_unsigned, allow_failed_audit=args.allow_failed_audit)
-    except (ArtifactRefused, ModelNotAvailable, SingleFileUnsupported, FileExistsError, OSError, ValueError) as exc:
+    except ArtifactRefused as exc:
+        print(f"policykit export: {exc.cli_message}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ModelNotAvailable, SingleFileUnsupported, FileExistsError, OSError, ValueError) as exc:
         print(f"policykit export: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(f"exported {args.artifact} to {out} (original Stable Diffusion checkpoint layout; diffusers reads it "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from policykit.cli import EXIT_ERROR, EXIT_OK
 
@@ -14,7 +15,7 @@ def run(args) -> int:
     try:
         pair = generate_key_pair(args.out, args.name)
     except (FileExistsError, OSError) as exc:
-        print(f"policykit keygen: error: {exc}")
+        print(f"policykit keygen: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     fingerprint = public_key_fingerprint(pair.public_key)
     if args.format == "json":
@@ -24,4 +25,6 @@ def run(args) -> int:
         print(f"private key: {pair.private_key}  (keep it secret: mode 0600)")
         print(f"public key:  {pair.public_key}  (give it to whoever verifies artifacts)")
         print(f"fingerprint: {fingerprint}")
+        print(f"sign new artifacts with `policykit apply POLICY --sign-key {pair.private_key}`, and one already "
+              f"published with `policykit sign ARTIFACT --key {pair.private_key}`")
     return EXIT_OK

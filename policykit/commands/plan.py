@@ -1,13 +1,19 @@
 """``policykit plan FILE``: compile a policy and show what apply would do.
 
-Exit codes (as Terraform's ``-detailed-exitcode``):
+Exit codes (as Terraform's ``-detailed-exitcode``); 0 exactly when ``apply``
+would do nothing, because both ask :func:`policykit.apply.decide`:
 
-- 1: the policy has errors (load errors or concept-graph conflicts);
-- 0: nothing to do: an artifact for this exact plan already exists at
-  ``<output.dir>/<name>/<version>/plan.json`` (``output.dir`` relative to the
-  current directory) with the same plan hash;
-- 2: apply would create the artifact (none exists, or the one there was
-  built from a different plan - then apply refuses to overwrite it).
+- 1: the policy has errors (load errors, concept-graph conflicts, a path
+  outside the current directory), or apply would fail before it starts (a
+  missing signing key; an artifact to compare with an unpinned model that is
+  not on this machine);
+- 0: nothing to do: ``<output.dir>/<name>/<version>`` (``output.dir`` relative
+  to the current directory) holds an artifact with this plan's identity
+  (:func:`policykit.plan.artifact_identity`: the resolved plan, the model's
+  bytes, the engine), signed with the key the policy names, if it names one;
+- 2: apply would act: create the artifact, or refuse (the one there has
+  another identity: bump ``metadata.version``; or it is unsigned, or signed
+  with another key, while a key is set: ``policykit sign``).
 """
 
 from __future__ import annotations
@@ -40,26 +46,20 @@ def print_diagnostics(diagnostics: Iterable[Diagnostic], fmt: str, texts: dict[s
             print(line, file=stream)
 
 
-def artifact_plan_path(plan) -> Path:
-    """Where apply stores this plan's artifact copy (relative to the current directory)."""
-    return Path(plan.output.dir) / plan.inputs.policy_name / plan.inputs.policy_version / "plan.json"
+#: plan's status for each action of :class:`policykit.apply.ApplyDecision`.
+STATUS = {"nothing": "up-to-date", "create": "create", "refuse": "conflict"}
 
 
-def artifact_status(plan) -> tuple[str, str]:
-    """``("up-to-date" | "create" | "conflict", explanation)`` for this plan's artifact."""
-    from policykit.plan import Plan
+def artifact_status(loaded, plan, *, output_dir=None, sign_key=None):
+    """``(status, explanation, artifact path, diagnostics)``: what apply would do, in plan's words
+    (``up-to-date``, ``create``, ``conflict``, or ``error`` when apply would fail)."""
+    from policykit.apply import ApplyError, decide
 
-    path = artifact_plan_path(plan)
-    if not path.is_file():
-        return "create", f"no artifact at {path}: apply would create it"
     try:
-        stored = Plan.from_json(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        return "conflict", f"{path} is unreadable ({exc}); apply will not overwrite it"
-    if stored.plan_hash == plan.plan_hash:
-        return "up-to-date", f"artifact {path.parent} was built from this exact plan: nothing to do"
-    return "conflict", (f"artifact {path.parent} exists but was built from plan {stored.plan_hash[:12]}; "
-                        "bump metadata.version to publish this plan")
+        decision = decide(loaded, plan, output_dir=output_dir, sign_key=sign_key)
+    except ApplyError as exc:
+        return "error", str(exc), None, exc.diagnostics
+    return STATUS[decision.action], decision.message, decision.location.path, []
 
 
 def run(args) -> int:
@@ -73,8 +73,11 @@ def run(args) -> int:
     diagnostics = list(loaded.diagnostics)
     graph = None
     if loaded.ok:
+        from policykit.policy.vocabulary import vocabulary_diagnostics
+
         graph = build_graph(loaded)
         diagnostics += graph.diagnostics
+        diagnostics += vocabulary_diagnostics(loaded)
         if not has_errors(diagnostics):
             diagnostics += model_check(loaded, graph, skip=getattr(args, "no_model", False))
         if args.graph:
@@ -88,6 +91,11 @@ def run(args) -> int:
         return EXIT_ERROR
 
     plan = compile_plan(loaded)
+    status, explanation, artifact, problems = artifact_status(
+        loaded, plan, output_dir=getattr(args, "output", None), sign_key=getattr(args, "sign_key", None))
+    if status == "error":
+        _report_failure([*diagnostics, *problems], fmt, texts)
+        return EXIT_ERROR
     if not {"closed_form_refinement", "noise_alignment"} & set(plan.stage_names):
         file, line, col = loaded.position(("training",))
         diagnostics.append(Diagnostic("no-edit-stage", "every edit stage is disabled: apply would publish the "
@@ -99,10 +107,10 @@ def run(args) -> int:
             _report_failure([*diagnostics, Diagnostic("write-error", f"cannot write the plan: {exc}", args.out)],
                             fmt, texts)
             return EXIT_ERROR
-    status, explanation = artifact_status(plan)
     if fmt == "json":
         doc = {"format_version": FORMAT_VERSION, "status": status, "message": explanation,
-               "artifact": artifact_plan_path(plan).as_posix(), "plan": json.loads(plan_json(plan)),
+               "artifact": (artifact / "plan.json").as_posix(),  # as before: the artifact's copy of its plan
+               "plan": json.loads(plan_json(plan)),
                "diagnostics": [d.to_dict() for d in sort_diagnostics(diagnostics)]}
         print(json.dumps(doc, indent=2))
     else:

@@ -36,15 +36,7 @@ class FileResult:
 
 def run(args: Any) -> int:
     """Validate ``args.files`` and print the result in ``args.format``."""
-    from policykit.policy.loader import load_policy
-
-    results = []
-    for file in args.files:
-        loaded = load_policy(file)
-        diagnostics = list(loaded.diagnostics)
-        if loaded.ok:
-            diagnostics += graph_diagnostics(loaded)
-        results.append(FileResult(file, sort_diagnostics(diagnostics), loaded.texts, [str(p) for p in loaded.sources]))
+    results = [validate_file(file) for file in args.files]
     fmt = getattr(args, "format", "text")
     if fmt == "json":
         print(validation_json(results))
@@ -57,17 +49,37 @@ def run(args: Any) -> int:
     return 0 if all(r.valid for r in results) else 1
 
 
+def validate_file(file: str) -> FileResult:
+    """Load and check one policy file; never raises for what the file holds."""
+    from policykit.policy.loader import load_policy
+
+    try:
+        loaded = load_policy(file)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not hide the other files' results
+        return FileResult(file, [Diagnostic("internal-error", f"loading failed: {exc.__class__.__name__}: {exc}",
+                                            file)], {}, [])
+    diagnostics = list(loaded.diagnostics)
+    if loaded.ok:
+        diagnostics += graph_diagnostics(loaded)
+    return FileResult(file, sort_diagnostics(diagnostics), loaded.texts, [str(p) for p in loaded.sources])
+
+
 def graph_diagnostics(loaded: Any) -> list[Diagnostic]:
-    """The concept-graph checks for a loaded policy (none if the graph module is absent)."""
-    try:
-        from policykit.graph import build_graph
-    except ImportError:
-        return []
-    try:
-        return list(build_graph(loaded).diagnostics)
-    except Exception as exc:  # noqa: BLE001 - a bug in the checks must not hide the file's verdict
-        return [Diagnostic("internal-error", f"concept graph check failed: {exc.__class__.__name__}: {exc}",
-                           str(loaded.path))]
+    """The checks across entries of a loaded policy: its concept graph (conflicts,
+    cycles, look-alikes) and, for builtin:shapes, the world's vocabulary (what
+    ``apply``'s audit would refuse after training)."""
+    from policykit.graph import build_graph
+    from policykit.policy.vocabulary import vocabulary_diagnostics
+
+    found: list[Diagnostic] = []
+    for name, check in (("concept graph", lambda: build_graph(loaded).diagnostics),
+                        ("vocabulary", lambda: vocabulary_diagnostics(loaded))):
+        try:
+            found += check()
+        except Exception as exc:  # noqa: BLE001 - a bug in the checks must not hide the file's verdict
+            found.append(Diagnostic("internal-error", f"{name} check failed: {exc.__class__.__name__}: {exc}",
+                                    str(loaded.path)))
+    return found
 
 
 def validation_json(results: list[FileResult]) -> str:

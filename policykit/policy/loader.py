@@ -29,6 +29,7 @@ keys and bad values in them are reported at their own position.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -104,11 +105,36 @@ def load_policy(path: str | Path, *, read_file: FileReader | None = None) -> Loa
     return _Loader(Path(path), read_file).load()
 
 
+class NotARegularFile(OSError):
+    """A policy path names a FIFO, a device, a socket or a directory."""
+
+
 def _read_from_disk(path: Path) -> bytes:
-    # Read one byte more than the cap, so an oversized file is detected
-    # without reading all of it into memory.
-    with open(path, "rb") as handle:
-        return handle.read(MAX_FILE_BYTES + 1)
+    """The bytes of the regular file at ``path`` (at most the cap plus one).
+
+    Opened without blocking and checked on the open descriptor: a FIFO named
+    by ``extends`` would otherwise block ``open`` (and so ``validate``)
+    forever waiting for a writer, and a device such as ``/dev/zero`` never
+    ends. Checking the descriptor, not the path, leaves no gap between the
+    check and the read for the file to be swapped.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(f"{_file_kind(mode)}, not a regular file")
+        # Read one byte more than the cap, so an oversized file is detected
+        # without reading all of it into memory.
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 class _Loader:
@@ -171,6 +197,10 @@ class _Loader:
             self._error("file-not-found", f"no such file: {name}", via, name)
             self.failed = True
             return None
+        except NotARegularFile as exc:
+            self._error("not-a-file", f"cannot read {name}: it is {exc}", via, name)
+            self.failed = True
+            return None
         except (OSError, KeyError, ValueError) as exc:
             self._error("read-error", f"cannot read {name}: {exc.__class__.__name__}: {exc}", via, name)
             self.failed = True
@@ -201,6 +231,11 @@ class _Loader:
             return []
         refs = []
         for item in node.value:
+            if item.mark in self.reported:
+                # Already refused by the YAML reader (an escaped NUL or other
+                # control character): such a path must never reach the file system.
+                self.failed = True
+                continue
             if isinstance(item.value, str) and item.value.strip():
                 refs.append((item.value.strip(), item.mark))
             else:

@@ -94,7 +94,7 @@ traceback or a hang.
 | Limit | Value | Why |
 |---|---|---|
 | File size | {yaml_tree.MAX_FILE_BYTES} bytes (1 MiB) | bounds memory; real policies are a few KiB |
-| YAML values per file | {yaml_tree.MAX_NODES_C_PARSER} ({yaml_tree.MAX_NODES_PURE_PARSER} without ruamel.yaml.clib) | bounds time: a file at the limit is read in about a second |
+| YAML values per file | {yaml_tree.MAX_NODES} | bounds time: a file at the limit is read in about 0.1 s with ruamel.yaml.clib and 2 s without; the same limit either way, so validity never depends on which is installed |
 | Nesting depth | {yaml_tree.MAX_DEPTH} levels | `[[[[...` cannot exhaust the stack |
 | Digits in an integer | {yaml_tree.MAX_INT_DIGITS} | huge numbers are refused before conversion |
 | Entries in a list | see the tables (at most 10000) | bounds memory after loading |
@@ -114,7 +114,32 @@ What the loader refuses outright:
   file, and a top level that is not a mapping.
 - **Text that is not UTF-8**, NUL bytes and other control characters
   (reported at the first bad byte's line and column).
+- **Files that are not regular files**: a FIFO, a device, a socket or a
+  directory named as a policy or by `extends` is refused at once (reading a
+  FIFO would wait forever for a writer).
+- **Hidden characters in concept text**: concepts, synonyms, associated
+  words, anchors, preserves, probe prompts and templates may not contain
+  control characters, bidirectional controls (U+202E RIGHT-TO-LEFT OVERRIDE,
+  U+200E, U+200F, U+2066-U+2069, ...) or other invisible characters (U+200B
+  ZERO WIDTH SPACE, U+00AD SOFT HYPHEN, ...); zero width (non-)joiners and
+  variation selectors are allowed. The text is kept in Unicode NFKC, so
+  full-width `ｒｅｄ` is `red`, and compared case-folded.
+- **Versions with other than ASCII digits**: `metadata.version` is
+  semantic versioning with ASCII digits (`2.1０.0`, with a full-width zero,
+  is refused: it names a directory that looks like `2.10.0`).
 - **Numbers that are not finite**: `.inf`, `.nan`, `1e999`.
+
+Concepts that *look* alike but are different text, such as `rеd circle`
+written with a Cyrillic `е` and `red circle`, are found by their Unicode
+TR39 skeletons: one erased and the other preserved (or used as an anchor) is
+an error (`confusable-conflict`), any other pair a warning (`confusable`),
+and a word mixing ASCII with look-alike letters of another script a warning
+(`mixed-script`).
+
+For `builtin:shapes`, whose vocabulary is known without loading the model,
+every erased concept, preserve and probe concept (a probe's prompt, when it
+has no `concept:`) must mean a colour and shape of its world, or the audit
+cannot judge it (`unknown-concept`, an error while the audit is on).
 
 Values are read with the YAML 1.2 core schema: `yes`/`no`/`on`/`off` are
 strings, not booleans. Validation is strict: a quoted `"0.5"` is a string,
@@ -154,6 +179,27 @@ DIAGNOSTIC_CODES = {
     "extends-too-deep": "`extends` nested deeper than the limit",
     "extends-too-many": "more files through `extends` than the limit",
     "fmt-error": "`policykit fmt` could not round-trip the file",
+    "not-a-file": "the policy, or a file it extends, is a FIFO, a device, a socket or a directory",
+}
+
+#: Codes of the checks across entries (`policykit validate`, after loading): the
+#: concept graph (policykit/graph.py) and the built-in world's vocabulary.
+CHECK_CODES = {
+    "duplicate-erase": "a concept erased twice",
+    "duplicate-preserve": "(warning) a concept preserved twice",
+    "shared-word": "(warning) a synonym or associated word claimed by two erase entries",
+    "erase-preserve-conflict": "a phrase both erased (as a concept, synonym or associated word) and preserved",
+    "anchor-cycle": "anchors that map erased concepts to one another, or a concept to itself",
+    "anchor-erased": "an anchor that is itself erased",
+    "probe-conflict": "a probe expecting preserved what the policy erases, or erased what it preserves; "
+                      "a probe without `concept:` shows what its prompt contains",
+    "confusable-conflict": "two phrases that look alike (the same TR39 skeleton), one erased and the other "
+                           "preserved or an anchor",
+    "confusable": "(warning) two different phrases that look alike",
+    "mixed-script": "(warning) a word mixing ASCII letters with look-alike letters of another script",
+    "unknown-concept": "builtin:shapes: a concept, preserve or probe concept that means no colour and shape of "
+                       "its world, so its audit cannot judge it (a warning when the audit is off)",
+    "internal-error": "a bug in a check; please report it",
 }
 
 _FORMAT = """\
@@ -234,10 +280,12 @@ def render_reference() -> str:
 def _codes() -> str:
     lines = ["## Diagnostic codes", "",
              "Every problem is reported as `file:line:col: error: CODE: message`. Codes are stable",
-             "(tools may branch on them); messages are for people and may change. The concept",
-             "graph adds its own codes (conflicts, cycles) on top of these.", "",
+             "(tools may branch on them); messages are for people and may change.", "",
              "| Code | Meaning |", "|---|---|"]
     lines += [f"| `{code}` | {meaning} |" for code, meaning in DIAGNOSTIC_CODES.items()]
+    lines += ["", "Once a policy loads, `policykit validate` (and `plan`, `diff`, `apply` for the concept",
+              "graph) check its entries against one another:", "", "| Code | Meaning |", "|---|---|"]
+    lines += [f"| `{code}` | {meaning} |" for code, meaning in CHECK_CODES.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -12,10 +12,13 @@ and a policy as compiled can both be shown to a reviewer.
 from __future__ import annotations
 
 import re
+import unicodedata
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from policykit.policy.text import clean_phrase
 
 API_VERSION = "policykit/v1alpha1"
 KIND = "ErasurePolicy"
@@ -23,26 +26,35 @@ KIND = "ErasurePolicy"
 # A DNS-1123 label: what an artifact directory, a k8s object and a URL all accept.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 # Semantic Versioning 2.0.0 (https://semver.org), without a leading "v".
+# Digits are written [0-9], never \d: in Python's re and in pydantic's Rust
+# regex \d also matches other scripts' digits ("2.1\uff10.0" with a full-width
+# zero), while JSON Schema validators (ECMAScript) read it as ASCII only. The
+# version names a directory, so it must be the ASCII text it looks like.
 SEMVER_PATTERN = (
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
+# Concept text is refused if it holds control, bidirectional or invisible
+# characters, and kept in NFKC (policykit.policy.text); the bounds apply to
+# the normalized text.
+_CLEAN = BeforeValidator(clean_phrase)
 #: A concept or prompt phrase: one line of printable text, bounded in length.
-Phrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Phrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), _CLEAN]
 #: An anchor may be the empty prompt "" (map the concept to "nothing in particular").
-AnchorPhrase = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+AnchorPhrase = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), _CLEAN]
 #: A prompt template with exactly one ``{}`` where the concept goes.
-Template = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]
+Template = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200), _CLEAN]
 
 MAX_LIST = 10_000  # bound on every list, so hostile input stays bounded in memory
 
 
 def normalize_concept(text: str) -> str:
-    """Canonical form used to compare concepts: lower case, single spaces."""
-    return " ".join(text.lower().split())
+    """Canonical form used to compare concepts: NFKC, case-folded, single spaces
+    (so full-width ``ｒｅｄ`` and ``Red`` are both ``red``)."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 class _Strict(BaseModel):
@@ -228,6 +240,14 @@ class Audit(_Strict):
     probes: Annotated[list[Probe], Field(default_factory=list, max_length=MAX_LIST, description="Extra prompts with the expected outcome.")]
     thresholds: Annotated[Thresholds, Field(default_factory=Thresholds, description="Pass/fail bounds.")]
     classifier: Annotated[str | None, Field(default=None, max_length=500, description="Classifier: `builtin:pixel-truth` for builtin:shapes, or a local CLIP directory for real models. Default: by base model.")] = None
+    guidance_scales: Annotated[list[Annotated[float, Field(ge=1.0, le=30.0)]], Field(default_factory=lambda: [3.0, 7.5, 9.0], min_length=1, max_length=8, description="Classifier-free guidance scales the audit samples at (each in [1, 30], no repeats); every threshold is judged on the worst scale. The default spans 3 to 9 and includes 7.5, the scale a diffusers pipeline samples at unless told otherwise. Each scale costs samples_per_prompt images per prompt, twice (base and edited model).")]
+
+    @field_validator("guidance_scales")
+    @classmethod
+    def _distinct_scales(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError("guidance_scales must not repeat")
+        return value
 
 
 class Output(_Strict):

@@ -19,7 +19,7 @@ from policykit.policy.schema import NAME_PATTERN, SEMVER_PATTERN, SHA256_PATTERN
 
 _PATTERN_NAMES = {
     NAME_PATTERN: "a DNS-style name: lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters",
-    SEMVER_PATTERN: "a semantic version such as 1.2.0 (no leading 'v')",
+    SEMVER_PATTERN: "a semantic version such as 1.2.0 (ASCII digits, no leading 'v')",
     SHA256_PATTERN: "a sha256 digest: 64 lower-case hexadecimal digits",
 }
 

@@ -558,11 +558,10 @@ def apply_edit(pipeline, edit: "EditResult | str | Path"):
     """Put an edit (an :class:`EditResult`, or a directory written by :func:`save_edit`) on ``pipeline``.
 
     The cross-attention deltas are added to the U-Net's weights and the LoRA,
-    if any, is loaded as the active adapter ``realera``. Returns the pipeline.
+    if any, is loaded from its state dict (no file is read again) as the
+    active adapter ``realera``. Returns the pipeline.
     """
-    import tempfile
-
-    from policykit.realera.noise_alignment import ADAPTER_NAME, load_adapter
+    from policykit.realera.noise_alignment import ADAPTER_NAME
 
     if not isinstance(edit, EditResult):
         edit = load_edit(edit)
@@ -570,9 +569,10 @@ def apply_edit(pipeline, edit: "EditResult | str | Path"):
         raise ValueError(f"the pipeline already has a {ADAPTER_NAME!r} adapter: apply an edit to a base pipeline")
     add_delta(pipeline.unet, edit.weights)
     if edit.lora:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_lora(edit.lora, edit.lora_config or {}, tmp)
-            load_adapter(pipeline.unet, tmp)
+        # the same call diffusers makes for a saved LoRA, fed the tensors and config we hold: what was
+        # verified is what is loaded (save_lora + load_adapter would write and re-read a file)
+        pipeline.unet.load_lora_adapter(dict(edit.lora), prefix=None, adapter_name=ADAPTER_NAME,
+                                        metadata=edit.lora_config or None)
     return pipeline
 
 
@@ -608,24 +608,72 @@ def save_edit(edit: EditResult, directory: str | Path) -> Path:
     return weights
 
 
-def load_edit(directory: str | Path) -> EditResult:
-    """Read an edit written by :func:`save_edit` (``directory`` or its ``weights/`` folder)."""
-    from safetensors.torch import load_file
+def load_edit(directory: "str | Path | Mapping[str, bytes]") -> EditResult:
+    """Read an edit written by :func:`save_edit`.
 
-    weights = Path(directory)
-    if not (weights / EDIT_FILE).is_file() and (weights / "weights" / EDIT_FILE).is_file():
-        weights = weights / "weights"
-    doc = json.loads((weights / EDIT_FILE).read_text(encoding="utf-8"))
+    ``directory`` is the artifact or its ``weights/`` folder, or the files of
+    ``weights/`` already in memory as ``{path inside weights/: bytes}`` (what
+    a verified artifact holds: :meth:`policykit.artifact.load.VerifiedArtifact.weights`),
+    so the bytes deserialized are the bytes that were checked. Every file
+    ``edit.json`` names must be a relative path inside ``weights/`` (and, in
+    memory, one of the given files). Malformed content is a ValueError.
+    """
+    from collections.abc import Mapping
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
+
+    from policykit.artifact.layout import edit_references
+
+    if isinstance(directory, Mapping):
+        files, where = directory, "weights"
+
+        def read(rel: str) -> bytes:
+            if rel not in files:
+                raise ValueError(f"{where}/{EDIT_FILE} names {rel}, which is not a file of the artifact")
+            return files[rel]
+    else:
+        from policykit.artifact.snapshot import read_regular_file
+
+        weights = Path(directory)
+        if not (weights / EDIT_FILE).is_file() and (weights / "weights" / EDIT_FILE).is_file():
+            weights = weights / "weights"
+        where = str(weights)
+
+        def read(rel: str) -> bytes:
+            return read_regular_file(weights / rel, label=f"{where}/{rel}")
+
+    try:
+        doc = json.loads(read(EDIT_FILE).decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{where}/{EDIT_FILE}: nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where}/{EDIT_FILE}: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}/{EDIT_FILE}: not a JSON object")
     if doc.get("format_version") != EDIT_FORMAT_VERSION:
-        raise ValueError(f"{weights / EDIT_FILE}: unsupported edit format_version {doc.get('format_version')!r} "
+        raise ValueError(f"{where}/{EDIT_FILE}: unsupported edit format_version {doc.get('format_version')!r} "
                          f"(this toolkit reads {EDIT_FORMAT_VERSION})")
-    lora = None
-    if doc.get("lora_dir"):
-        from policykit.realera.noise_alignment import WEIGHT_NAME
+    for key, types in (("lora_config", (dict, type(None))), ("stages", (list,)), ("coverage", (list,)),
+                       ("method", (str,)), ("plan_hash", (str,))):
+        if key in doc and not isinstance(doc[key], types):
+            raise ValueError(f"{where}/{EDIT_FILE}: {key!r} has the wrong type ({type(doc[key]).__name__})")
+    refs = edit_references(doc)  # relative and inside weights/, signed or not
 
-        raw = load_file(str(weights / doc["lora_dir"] / WEIGHT_NAME))
+    def tensors(rel: str) -> dict:
+        try:
+            return load_tensors(read(rel))
+        except SafetensorError as exc:
+            raise ValueError(f"{where}/{rel}: not a safetensors file: {exc}") from None
+
+    lora = None
+    if refs["lora"] is not None:
+        raw = tensors(refs["lora"])
         lora = {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in raw.items()}
-    records = [StageRecord(**r) for r in doc.get("stages", [])]
-    return EditResult(weights=load_file(str(weights / doc["delta_file"])), lora=lora,
-                      lora_config=doc.get("lora_config"), records=records, coverage=doc.get("coverage", []),
-                      method=doc.get("method", ""), plan_hash=doc.get("plan_hash", ""))
+    try:
+        records = [StageRecord(**r) for r in doc.get("stages", [])]
+    except TypeError as exc:
+        raise ValueError(f"{where}/{EDIT_FILE}: malformed stage record: {exc}") from None
+    return EditResult(weights=tensors(refs["delta"]), lora=lora, lora_config=doc.get("lora_config"),
+                      records=records, coverage=doc.get("coverage", []), method=doc.get("method", ""),
+                      plan_hash=doc.get("plan_hash", ""))

@@ -1,0 +1,113 @@
+"""What a policy for ``builtin:shapes`` may name: the world's vocabulary, checked without a model.
+
+``builtin:shapes`` knows its whole vocabulary as data (policykit/shapes/world.toml),
+so what its audit would refuse after training can be found while validating.
+The audit's pixel-truth classifier reads a colour and a shape from pixels and
+judges a phrase only when the world gives it a meaning: :meth:`World.meaning`,
+the very test ``PixelTruthClassifier.shows`` applies. It judges each erased
+concept, each preserve and each probe's ``concept`` (the whole prompt when a
+probe has none), so any of them that means nothing makes ``apply`` fail after
+training. Here each is an error at its ``file:line:col``. With the audit off
+nothing refuses such a phrase, and a warning says it names nothing this model
+draws. A probe that expects a phrase preserved whose meaning the policy erases
+("crimson disc" while "red circle" is erased) is an error as well.
+
+Only ``import tomllib`` work happens here: no torch, no numpy.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from policykit.diagnostics import Diagnostic, Severity
+from policykit.policy.schema import normalize_concept
+
+#: The base model whose vocabulary is known without loading it.
+BUILTIN_SHAPES = "builtin:shapes"
+#: The audit classifier that judges builtin:shapes by default: the same string as
+#: ``policykit.audit.classifiers.PIXEL_TRUTH`` (not imported: that module loads numpy).
+PIXEL_TRUTH = "builtin:pixel-truth"
+
+
+def vocabulary_diagnostics(loaded: Any) -> list[Diagnostic]:
+    """Problems of a loaded policy with the built-in world's vocabulary (none for other models).
+
+    ``loaded`` is a :class:`~policykit.policy.loader.LoadedPolicy` that loaded
+    without error; its ``position`` places each diagnostic.
+    """
+    policy = loaded.policy
+    if policy is None or policy.base_model.id != BUILTIN_SHAPES:
+        return []
+    audit = policy.audit
+    judged = audit.enabled and audit.classifier in (None, PIXEL_TRUTH)
+    if audit.enabled and not judged:
+        return []  # another classifier (a CLIP directory) judges by its own labels
+    from policykit.shapes.world import load_world
+
+    world = load_world()
+    found: list[Diagnostic] = []
+
+    def report(code: str, message: str, path: tuple, severity: Severity = "error") -> None:
+        file, line, col = loaded.position(path)
+        found.append(Diagnostic(code, message, str(file), line, col, severity))
+
+    why = ("so its audit (pixel truth) cannot judge it" if judged
+           else "so nothing this model draws is called that (the audit is off and will not say so)")
+    knows = (f"the world knows a colour ({', '.join(world.colours)}) and a shape ({', '.join(world.shapes)}), "
+             f"or their synonyms, as in 'red circle', and the words {', '.join(sorted(world.associated))}")
+    for section, entries in (("erase", policy.erase), ("preserve", policy.preserve)):
+        for i, entry in enumerate(entries):
+            if world.meaning(entry.concept) is None:
+                report("unknown-concept", f"{entry.concept!r} means nothing in builtin:shapes, {why}; {knows}",
+                       (section, i, "concept"), "error" if judged else "warning")
+    if not judged:
+        return found
+
+    erased = {}  # meaning -> (phrase, policy path), first in policy order
+    erased_text = set()
+    for i, entry in enumerate(policy.erase):
+        words = [("concept", entry.concept)] + [(f"synonyms[{j}]", w) for j, w in enumerate(entry.synonyms)] \
+            + [(f"associated[{j}]", w) for j, w in enumerate(entry.associated)]
+        for field, phrase in words:
+            erased_text.add(normalize_concept(phrase))
+            meaning = world.meaning(phrase)
+            if meaning is not None and meaning not in erased:
+                erased[meaning] = (phrase, f"erase[{i}].{field}")
+    for m, probe in enumerate(audit.probes):
+        target = probe.concept or probe.prompt
+        meaning = world.meaning(target)
+        if meaning is None:
+            if probe.concept:
+                report("unknown-concept", f"probe concept {probe.concept!r} means nothing in builtin:shapes, {why}; "
+                       f"{knows}", ("audit", "probes", m, "concept"))
+                continue
+            inside = meaningful_phrases(world, probe.prompt)
+            hint = f"add `concept: {inside[0]}` to say what the image should show" if inside else knows
+            report("unknown-concept", f"probe {probe.prompt!r} has no concept, so the audit judges the whole prompt, "
+                   f"which means nothing in builtin:shapes; {hint}", ("audit", "probes", m, "prompt"))
+            continue
+        if probe.expect.value == "preserved" and meaning in erased:
+            phrase, where = erased[meaning]
+            if normalize_concept(target) not in erased_text:  # an erased phrase itself: the concept graph says so
+                report("probe-conflict", f"probe {probe.prompt!r} expects {target!r} to be preserved, but in "
+                       f"builtin:shapes it means {meaning.name!r}, which is erased as {phrase!r} ({where})",
+                       ("audit", "probes", m, "expect"))
+    return found
+
+
+def meaningful_phrases(world: Any, text: str) -> list[str]:
+    """Runs of two words, else one, in ``text`` that ``world`` gives a meaning, in order
+    (``"a photo of a crimson disc"`` -> ``["crimson disc"]``)."""
+    words = re.findall(r"[a-z]+", text.lower())
+    found = []
+    i = 0
+    while i < len(words):
+        for n in (2, 1):
+            phrase = " ".join(words[i:i + n])
+            if len(words[i:i + n]) == n and world.meaning(phrase) is not None:
+                found.append(phrase)
+                i += n - 1
+                break
+        i += 1
+    return found
