@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from policykit.cli import _drop_torchvision_notices
-    from policykit.realera.engine import apply_edit, pick_device
+    from policykit.realera.edit import apply_edit
+    from policykit.realera.engine import pick_device
 
     _drop_torchvision_notices()  # as the CLI does for model commands
     if args.threads:

@@ -1,9 +1,11 @@
 """Is RealEra better than the methods it extends? Erasure quality on builtin:shapes.
 
 A fixed suite of erasure tasks, each run with the same prompts, seeds and
-pixel-truth classifier for the base model and every method preset
-(``uce``, ``esd``, ``mace``, ``realera-no-bcr``, ``realera``), then a sweep of
-RealEra's neighbour radius and beyond radius. For each method and task it
+pixel-truth classifier for the base model and every method preset: the peer
+methods at their authors' defaults (``uce``, ``mace``, ``esd`` = ESD-x,
+``esd-u``; docs/method.md, "Presets") and RealEra with its ablations
+(``realera-cf``, ``realera-no-bcr``, ``realera``), then a sweep of RealEra's
+neighbour radius and beyond radius. For each method and task it
 reports Acc_e, Acc_g, Acc_s, H_o (docs/method.md, "Measuring it") and the
 wall time of the edit.
 
@@ -18,9 +20,12 @@ other concepts of the world (expected preserved). The listed phrases are
 erased by every method directly; the held-out ones show whether the edit
 erased a region or only a list, and what it cost elsewhere.
 
-One result per (task, method, settings) is stored under ``--results``
-(default ``.policykit-cache/bench-quality``) as soon as it is measured, so an
-interrupted run resumes where it stopped; ``--fresh`` measures again. The
+One result per (task, method, settings, engine version) is stored under
+``--results`` (default ``.policykit-cache/bench-quality``) as soon as it is
+measured, so an interrupted run resumes where it stopped; ``--fresh`` measures
+again. Each result records the engine version and the git commit it was
+measured at; results of another engine version are never reused or shown, and
+the report names the commits its results come from. The
 tables are printed and written to docs/benchmarks.md (section ``quality``),
 the sweep's plot to docs/images/quality-sweep.png (needs matplotlib:
 ``pip install -e '.[bench]'``).
@@ -41,12 +46,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-METHODS = ("uce", "esd", "mace", "realera-no-bcr", "realera")
+METHODS = ("uce", "mace", "esd", "esd-u", "realera-cf", "realera-no-bcr", "realera")
+#: Presets whose training settings are policykit's own: the benchmark gives them the demo's noise-alignment
+#: budget. The peer presets run at their authors' defaults (nothing set in the policy).
+OWN_METHODS = ("realera", "realera-no-bcr", "realera-cf")
 #: The audit templates of every task (the demo's): erased prompts are drawn in each.
 TEMPLATES = ("a {}", "a picture of a {}", "an image of a {}")
 #: Neighbour settings of every task (the demo's); the sweep varies radius and beyond radius.
 RADIUS, SAMPLES, MIN_COSINE, SPACE = 0.3, 16, 0.7, "text"
-#: Noise-alignment settings (the demo's).
+#: Noise-alignment settings of policykit's own presets (the demo's).
 LORA = {"steps": 100, "batch_size": 8}
 SWEEP_RADII = (0.15, 0.3, 0.6)
 SWEEP_BEYOND = (1.5, 2.0, 3.0)  # beyond radius as a multiple of the radius
@@ -55,7 +63,7 @@ SWEEP_BEYOND = (1.5, 2.0, 3.0)  # beyond radius as a multiple of the radius
 BUDGET = {"steps": 400, "learning_rate": 1e-3}
 BUDGET_TASKS = ("pair", "shape", "set-5")
 BUDGET_METHODS = ("esd", "mace", "realera-no-bcr", "realera")
-BUILD_VERSION = 1  # bump when the way a result is measured changes (part of every result key)
+BUILD_VERSION = 2  # bump when the way a result is measured changes (part of every result key)
 
 
 @dataclass(frozen=True)
@@ -165,11 +173,41 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
         "erase": [{"concept": e.concept, "anchor": e.anchor, "synonyms": list(e.synonyms),
                    "associated": list(e.associated)} for e in task.erase],
         "preserve": [{"concept": p} for p in task.preserve],
-        "training": {"method": method, "seed": 0,
-                     "lora": {**LORA, **({} if steps is None else {"steps": steps}),
-                              **({} if learning_rate is None else {"learning_rate": learning_rate})}},
+        "training": {"method": method, "seed": 0, **_training(method, steps, learning_rate)},
         "audit": {"samples_per_prompt": samples_per_prompt, "probes": probes},
     }
+
+
+def _training(method: str, steps: int | None, learning_rate: float | None) -> dict:
+    """Training settings a task writes: the demo's LoRA budget for policykit's presets, nothing for a peer
+    (its authors' defaults) unless a budget is asked for (ESD's iterations, the LoRA's steps otherwise)."""
+    budget = {**({} if steps is None else {"steps": steps}),
+              **({} if learning_rate is None else {"learning_rate": learning_rate})}
+    if method in OWN_METHODS:
+        return {"lora": {**LORA, **budget}}
+    if method.startswith("esd") and budget:
+        return {"esd": {("iterations" if k == "steps" else k): v for k, v in budget.items()}}
+    return {"lora": budget} if budget else {}
+
+
+def engine_version() -> int:
+    from policykit.realera.engine import ENGINE_VERSION
+
+    return ENGINE_VERSION
+
+
+def git_commit() -> str:
+    """The commit the code was measured at (``+dirty`` when the work tree differs from it)."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "policykit"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def compile_task(task: Task, method: str, **settings):
@@ -209,8 +247,8 @@ class Unit:
                   if not (k in ("steps", "learning_rate", "shell_mass") and v is None)}
         if self.method == "realera":
             fields["shell_mass"] = self.effective_shell_mass()
-        body = json.dumps({"v": BUILD_VERSION, **fields, "task_definition": asdict(_task(self.task))},
-                          sort_keys=True)
+        body = json.dumps({"v": BUILD_VERSION, "engine": engine_version(), **fields,
+                           "task_definition": asdict(_task(self.task))}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def effective_shell_mass(self) -> float:
@@ -290,14 +328,16 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
 
     from policykit.audit.classifiers import PixelTruthClassifier
     from policykit.audit.sampling import classify_outcomes
-    from policykit.realera.engine import apply_edit, run_plan
+    from policykit.realera.edit import apply_edit
+    from policykit.realera.engine import run_plan
 
     torch.set_num_threads(threads)
     task = _task(unit.task)
     pipe = _load_base_pipeline()
     eval_plan, prompt_set, before = _evaluation(task, unit.samples_per_prompt, results, pipe)
     classifier = PixelTruthClassifier()
-    record: dict = {"unit": asdict(unit), "label": unit.label(), "prompts": len(prompt_set.prompts)}
+    record: dict = {"unit": asdict(unit), "label": unit.label(), "prompts": len(prompt_set.prompts),
+                    "engine_version": engine_version(), "commit": git_commit()}
     if unit.method == "base":
         images, seconds, stages = before, 0.0, {}
     else:
@@ -419,9 +459,6 @@ def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict],
     rows = []
     for task in task_list:
         units = [(m, Unit(task.name, m, samples_per_prompt=samples)) for m in ["base", *methods]]
-        if "realera" in methods:
-            units.append((f"realera, shell mass {OLD_SHELL_MASS:g}",
-                          Unit(task.name, "realera", samples_per_prompt=samples, shell_mass=OLD_SHELL_MASS)))
         for method, unit in units:
             record = done.get(unit)
             if record is None:
@@ -612,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         return 0
     threads = sorted({r.get("threads", 1) for r in done.values()})
+    commits = sorted({r.get("commit", "unknown") for r in done.values() if r["unit"]["method"] != "base"})
     shown = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--report-only", "--no-write")]
     times = sorted(_result_path(u, args.results).stat().st_mtime for u in done if _result_path(u, args.results).is_file())
     window = ""
@@ -621,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")  # noqa: E731
         window = f" Results measured between {fmt(times[0])} and {fmt(times[-1])} UTC."
     parts = [
-        header(shown) + window,
+        header(shown) + window + f" Engine version {engine_version()}, code at commit(s) {', '.join(commits)}.",
         f"{len(task_list)} tasks x {len(methods) + 1} models, {args.samples} images per prompt, the pixel-truth "
         f"classifier; each result measured in a process of its own with "
         f"{', '.join(str(t) for t in threads)} torch thread(s); `edit s` is the wall time of the edit alone "

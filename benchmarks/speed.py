@@ -337,7 +337,7 @@ def demo_lambda() -> float:
     from policykit.policy.loader import load_policy
 
     plan = compile_plan(load_policy(DEMO))
-    return float(plan.stage("closed_form_refinement").settings["lambda"])
+    return float(plan.stage("closed_form_refinement").settings.lambda_)
 
 
 def _preimport() -> float:
@@ -466,7 +466,7 @@ def worker_lora(job: dict) -> dict:
     return {"steps": len(steps), "median_ms": 1000 * statistics.median(timed),
             "p10_ms": 1000 * _quantile(timed, 0.1), "p90_ms": 1000 * _quantile(timed, 0.9),
             "first_ms": 1000 * steps[0], "loop_s": sum(steps), "stage_s": na_seconds, "engine_s": total,
-            "rank": settings["rank"], "batch_size": settings["batch_size"], "unet_parameters": unet_params,
+            "rank": settings.rank, "batch_size": settings.batch_size, "unet_parameters": unet_params,
             "peak_mib": memory.peak_mib, "extra_mib": memory.extra_mib, "memory_method": memory.method,
             "threads": torch.get_num_threads(), **facts}
 

@@ -409,7 +409,8 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
     from policykit.audit.run import audit_edit, audit_sampler, check_dict, coverage_words, write_reports
     from policykit.models import load_pipeline
     from policykit.plan import plan_json
-    from policykit.realera.engine import run_plan, save_edit
+    from policykit.realera.edit import save_edit
+    from policykit.realera.engine import run_plan
 
     seconds: dict[str, float] = {}
 
@@ -477,7 +478,7 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
         "runtime": runtime,
         "toolkit": _library_versions(),
         "seeds": {"training": plan.seed, "audit": plan.seed},
-        "stages": [{"name": s.name, "settings": s.settings, "seconds": round(seconds.get(s.name, 0.0), 3)}
+        "stages": [{"name": s.name, "settings": s.settings.to_json(), "seconds": round(seconds.get(s.name, 0.0), 3)}
                    for s in plan.stages],
         "audit": audit,
         "metrics": None if result is None else {

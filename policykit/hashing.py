@@ -33,3 +33,30 @@ def file_sha256(path: str | Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def content_id(data: Any) -> str:
+    """The id of JSON-able data: sha256 of its :func:`canonical_json`. Values JSON cannot spell
+    (paths, enums) are written with ``str``, so ids of settings objects stay stable."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str)
+    return sha256_hex(text.encode("ascii"))
+
+
+def derived_seed(text: str) -> int:
+    """A 63-bit seed derived from ``text`` (the first 8 bytes of its sha256, little-endian): seeds that
+    depend on what is drawn (a prompt and image index, a concept and template), never on batching."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def tensors_sha256(named_tensors) -> str:
+    """sha256 over ``(name, tensor)`` pairs in name order: names, shapes, dtypes and bytes (the id of
+    a module's weights, :func:`policykit.realera.noise_alignment.model_fingerprint`)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named_tensors, key=lambda item: item[0]):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

@@ -39,24 +39,14 @@ DEFAULT_MIN_COSINE = 0.5
 #: Mining space when a policy does not say: chosen by benchmarks/quality.py (docs/benchmarks.md, "Mining
 #: space"): text space had the higher H_o on 4 of 7 tasks and on the mean (81.5% against 64.4%).
 DEFAULT_SPACE = "text"
-#: Noise alignment target of the ESD preset: negative guidance away from the concept.
-ESD_GUIDANCE = 1.0
 
-# Stage names, in the order they run.
-MINE_NEIGHBORS = "mine_neighbors"
-BEYOND_CONCEPT_REGULARIZATION = "beyond_concept_regularization"
-CLOSED_FORM_REFINEMENT = "closed_form_refinement"
-NOISE_ALIGNMENT = "noise_alignment"
-AUDIT = "audit"
+# Stage names, in the order they run (defined with their settings in policykit.realera.settings).
+from policykit.realera.settings import (AUDIT, BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT,  # noqa: E402
+                                       ESD_FINETUNE, MACE_LORA, MINE_NEIGHBORS, NOISE_ALIGNMENT,
+                                       AuditSettings, ClosedFormSettings, EsdSettings, MaceLoraSettings,
+                                       MiningSettings, NoiseAlignmentSettings, ShellSettings, Stage)
 
-#: Stages each method preset runs (before disabled stages are dropped).
-METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    "realera": (MINE_NEIGHBORS, BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT, AUDIT),
-    "realera-no-bcr": (MINE_NEIGHBORS, CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT, AUDIT),
-    "uce": (CLOSED_FORM_REFINEMENT, AUDIT),
-    "mace": (CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT, AUDIT),
-    "esd": (NOISE_ALIGNMENT, AUDIT),
-}
+from policykit.realera.presets import METHOD_STAGES, preset_defaults  # noqa: E402
 
 
 class _Frozen(BaseModel):
@@ -126,13 +116,6 @@ class PlannedProbe(_Frozen):
     prompt: str
     expect: str
     concept: str
-
-
-class Stage(_Frozen):
-    """One stage of the run and its settings."""
-
-    name: str
-    settings: dict[str, Any]
 
 
 class OutputSettings(_Frozen):
@@ -241,14 +224,18 @@ def resolve_concept(entry, defaults, index: int) -> ResolvedConcept:
 
 
 def plan_stages(policy) -> tuple[Stage, ...]:
-    """The method preset's stages with their settings, disabled stages left out."""
+    """The method preset's stages with their typed settings, disabled stages left out.
+
+    Each stage's settings are the preset's defaults (:mod:`policykit.realera.presets`) under the
+    policy's: a setting the policy writes explicitly wins, one it leaves out takes the preset's.
+    """
     training = policy.training
     method = training.method.value
     names = list(METHOD_STAGES[method])
     if not training.closed_form.enabled and CLOSED_FORM_REFINEMENT in names:
         names.remove(CLOSED_FORM_REFINEMENT)
-    if not training.lora.enabled and NOISE_ALIGNMENT in names:
-        names.remove(NOISE_ALIGNMENT)
+    if not training.lora.enabled:
+        names = [n for n in names if n not in (NOISE_ALIGNMENT, MACE_LORA)]
     if not policy.audit.enabled:
         names.remove(AUDIT)
     if not ({CLOSED_FORM_REFINEMENT, NOISE_ALIGNMENT} & set(names)):
@@ -256,36 +243,47 @@ def plan_stages(policy) -> tuple[Stage, ...]:
         names = [n for n in names if n not in (MINE_NEIGHBORS, BEYOND_CONCEPT_REGULARIZATION)]
     mined = MINE_NEIGHBORS in names
     beyond = BEYOND_CONCEPT_REGULARIZATION in names
-    lora = training.lora
-    settings: dict[str, dict[str, Any]] = {
-        MINE_NEIGHBORS: {"seed": training.seed},
-        BEYOND_CONCEPT_REGULARIZATION: {"seed": training.seed},
-        CLOSED_FORM_REFINEMENT: {
-            "lambda": training.closed_form.lambda_,
-            "targets": list(training.closed_form.targets),
-            "use_mined_neighbors": mined,
-            "use_beyond_concept": beyond,
-        },
-        NOISE_ALIGNMENT: {
-            "rank": lora.rank, "steps": lora.steps, "learning_rate": lora.learning_rate,
-            "batch_size": lora.batch_size, "resolution": lora.resolution,
-            "preserve_weight": lora.preserve_weight, "attention_weight": lora.attention_weight,
-            "seed": training.seed, "target": "anchor",
-            "use_mined_neighbors": mined, "use_beyond_concept": beyond,
-        },
-        AUDIT: {
-            "samples_per_prompt": policy.audit.samples_per_prompt,
-            "classifier": policy.audit.classifier,
-            "thresholds": policy.audit.thresholds.model_dump(mode="json"),
-            "seed": training.seed,
+    lora, closed_form, esd = training.lora, training.closed_form, training.esd
+    categories = [e.category.value for e in policy.erase]
+
+    def section(part, fields, stage):
+        return _section(part, fields, preset_defaults(method, stage, categories))
+
+    built = {
+        MINE_NEIGHBORS: lambda: MiningSettings(seed=training.seed),
+        BEYOND_CONCEPT_REGULARIZATION: lambda: ShellSettings(seed=training.seed),
+        CLOSED_FORM_REFINEMENT: lambda: ClosedFormSettings.model_validate({
+            **section(closed_form, ("lambda_", "targets"), CLOSED_FORM_REFINEMENT),
+            "use_mined_neighbors": mined, "use_beyond_concept": beyond}),
+        NOISE_ALIGNMENT: lambda: NoiseAlignmentSettings.model_validate({
+            **section(lora, ("rank", "steps", "learning_rate", "batch_size", "resolution", "preserve_weight",
+                             "attention_weight"), NOISE_ALIGNMENT),
+            "seed": training.seed, "use_mined_neighbors": mined, "use_beyond_concept": beyond}),
+        ESD_FINETUNE: lambda: EsdSettings.model_validate({
+            **section(esd, ("iterations", "learning_rate", "negative_guidance"), ESD_FINETUNE),
+            "resolution": lora.resolution, "seed": training.seed}),
+        MACE_LORA: lambda: MaceLoraSettings.model_validate({
+            **section(lora, ("rank", "steps", "learning_rate", "batch_size", "resolution"), MACE_LORA),
+            "seed": training.seed}),
+        AUDIT: lambda: AuditSettings(
+            samples_per_prompt=policy.audit.samples_per_prompt, classifier=policy.audit.classifier,
+            thresholds=policy.audit.thresholds.model_dump(mode="json"), seed=training.seed,
             # The sampler the audit draws with: the model's steps, at every guidance scale the policy lists.
-            "guidance_scales": list(policy.audit.guidance_scales),
-            "steps": audit_steps(policy.base_model.id),
-        },
+            guidance_scales=tuple(policy.audit.guidance_scales), steps=audit_steps(policy.base_model.id)),
     }
-    if method == "esd":
-        settings[NOISE_ALIGNMENT].update(target="negative_guidance", guidance=ESD_GUIDANCE)
-    return tuple(Stage(name=name, settings=settings[name]) for name in names)
+    return tuple(Stage(name=name, settings=built[name]()) for name in names)
+
+
+def _section(section, fields: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A policy section's ``fields`` (by their JSON names) over a preset's ``defaults`` for one stage:
+    the policy's value where it wrote one, else the preset's, else the schema's default."""
+    aliases = {name: (info.alias or name) for name, info in type(section).model_fields.items()}
+    merged = {aliases[f]: getattr(section, f) for f in fields}
+    for key, value in defaults.items():
+        field = next((f for f, a in aliases.items() if a == key), None)
+        if field is None or field not in section.model_fields_set:
+            merged[key] = value
+    return merged
 
 
 def audit_steps(model_id: str) -> int:

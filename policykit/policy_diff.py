@@ -311,7 +311,7 @@ def _diff_training(old: Plan, new: Plan) -> list[Change]:
         if name not in after:
             changes.append(Change("stage-removed", name, f"stage {name} no longer runs"))
     for name in (n for n in after if n in before):
-        a, b = before[name].settings, after[name].settings
+        a, b = before[name].settings.to_json(), after[name].settings.to_json()
         for setting in sorted(a.keys() | b.keys()):
             if setting == "seed":
                 continue  # reported once above, not once per stage

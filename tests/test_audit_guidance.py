@@ -73,7 +73,7 @@ class PreservesOnlyAtLowGuidance:
 def stand_ins(monkeypatch):
     """No model: the edit flips the stand-in's flag, and two held-out neighbours come from nowhere."""
     import policykit.audit.sampling as sampling
-    import policykit.realera.engine as engine
+    import policykit.realera.edit as engine
 
     def neighbours(plan, pipe, *, seed, per_concept=2):
         prompts = [AuditPrompt(f"a red circle [held-out neighbour {i}]", "red circle", "neighbor") for i in (1, 2)]
@@ -158,8 +158,8 @@ def test_default_guidance_scales_span_3_to_9_and_include_diffusers_default(tmp_p
     from policykit.audit.report import DIFFUSERS_DEFAULT_GUIDANCE
 
     settings = _plan(tmp_path).stage("audit").settings
-    assert settings["guidance_scales"] == [3.0, 7.5, 9.0] and settings["steps"] == 25
-    assert DIFFUSERS_DEFAULT_GUIDANCE in settings["guidance_scales"]
+    assert settings.guidance_scales == (3.0, 7.5, 9.0) and settings.steps == 25
+    assert DIFFUSERS_DEFAULT_GUIDANCE in settings.guidance_scales
     import inspect
 
     from diffusers import StableDiffusionPipeline

@@ -113,7 +113,8 @@ def _mean(values: dict[str, float]) -> float:
 def results():
     import torch
 
-    from policykit.realera.engine import apply_edit, run_plan
+    from policykit.realera.edit import apply_edit
+    from policykit.realera.engine import run_plan
     from policykit.shapes.sampling import load_pipeline
     from policykit.shapes.world import load_world
 

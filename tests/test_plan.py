@@ -118,22 +118,27 @@ def test_from_json_round_trips_and_rejects_edits(tmp_path):
 @pytest.mark.parametrize("method, stages", [
     ("realera", ["mine_neighbors", "beyond_concept_regularization", "closed_form_refinement", "noise_alignment", "audit"]),
     ("realera-no-bcr", ["mine_neighbors", "closed_form_refinement", "noise_alignment", "audit"]),
+    ("realera-cf", ["mine_neighbors", "beyond_concept_regularization", "closed_form_refinement", "audit"]),
     ("uce", ["closed_form_refinement", "audit"]),
-    ("mace", ["closed_form_refinement", "noise_alignment", "audit"]),
-    ("esd", ["noise_alignment", "audit"]),
+    ("mace", ["closed_form_refinement", "mace_lora", "audit"]),
+    ("esd", ["esd_finetune", "audit"]),
+    ("esd-u", ["esd_finetune", "audit"]),
 ])
 def test_method_presets_expand_to_their_stages(tmp_path, method, stages):
     plan = compiled(write(tmp_path, edit(POLICY, "method: realera", f"method: {method}")))
     assert plan.stage_names == stages
     alignment = plan.stage("noise_alignment")
-    if method == "esd":
-        assert alignment.settings["target"] == "negative_guidance" and alignment.settings["guidance"] == 1.0
-    elif alignment is not None:
-        assert alignment.settings["target"] == "anchor" and "guidance" not in alignment.settings
+    if alignment is not None:
+        assert alignment.settings.target == "anchor"
+    finetune = plan.stage("esd_finetune")
+    if finetune is not None:
+        assert finetune.settings.train == ("xattn" if method == "esd" else "noxattn")
+        assert finetune.settings.negative_guidance == 1.0
     refinement = plan.stage("closed_form_refinement")
     if refinement is not None:
-        assert refinement.settings["use_mined_neighbors"] == method.startswith("realera")
-        assert refinement.settings["use_beyond_concept"] == (method == "realera")
+        assert refinement.settings.use_mined_neighbors == method.startswith("realera")
+        assert refinement.settings.use_beyond_concept == (method in ("realera", "realera-cf"))
+        assert refinement.settings.rows == (method if method in ("uce", "mace") else "realera")
 
 
 @pytest.mark.parametrize("disabled, missing", [

@@ -11,6 +11,8 @@ MANIFEST = "manifest.json"
 POLICY = "policy.yaml"
 PLAN = "plan.json"
 WEIGHTS_DIR = "weights"
+#: The LoRA's weight file inside the edit's LoRA folder (the diffusers LoRA format's own name).
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 AUDIT_DIR = "audit"
 SIGNATURE_SUFFIX = ".sig"
 LOCK_NAME = ".lock"
@@ -93,11 +95,10 @@ def edit_references(doc: object) -> dict[str, str | None]:
     file, or None when the edit has no LoRA.
     """
     from policykit.artifact.snapshot import member_path
-    from policykit.realera.noise_alignment import WEIGHT_NAME
 
     if not isinstance(doc, dict):
         raise ValueError("edit.json is not a JSON object")
     delta = member_path(doc.get("delta_file"), what="edit.json delta_file")
     lora_dir = doc.get("lora_dir")
-    lora = None if lora_dir is None else f"{member_path(lora_dir, what='edit.json lora_dir')}/{WEIGHT_NAME}"
+    lora = None if lora_dir is None else f"{member_path(lora_dir, what='edit.json lora_dir')}/{LORA_WEIGHT_NAME}"
     return {"delta": delta, "lora": lora}

@@ -100,7 +100,7 @@ def base_pipeline_for(verified: VerifiedArtifact, *, model_dir: str | Path | Non
 def build_pipeline(verified: VerifiedArtifact, *, device: str | None = None, model_dir: str | Path | None = None,
                    keep_adapter: bool = False):
     """The edited pipeline of an artifact that passed :func:`open_artifact` (see :func:`load_pipeline`)."""
-    from policykit.realera.engine import apply_edit, load_edit
+    from policykit.realera.edit import apply_edit, fuse_adapter, load_edit
 
     pipe = base_pipeline_for(verified, model_dir=model_dir)
     try:
@@ -113,18 +113,6 @@ def build_pipeline(verified: VerifiedArtifact, *, device: str | None = None, mod
     if device is not None:
         pipe.to(device)
     return pipe
-
-
-def fuse_adapter(pipe) -> None:
-    """Fuse the U-Net's LoRA into its weights and remove the peft layers.
-
-    Afterwards the U-Net is a plain diffusers model: ``save_pretrained`` writes
-    the usual keys (no ``base_layer`` / ``lora_A``), and ``from_pretrained``
-    reads back the same model.
-    """
-    if getattr(pipe.unet, "peft_config", None):
-        pipe.unet.fuse_lora()
-        pipe.unet.unload_lora()
 
 
 def load_pipeline(artifact: str | Path, *, public_key: str | Path | None = None, allow_unsigned: bool = False,

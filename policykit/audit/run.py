@@ -46,7 +46,7 @@ def build_audit_classifier(plan, spec: str | None = None):
     from policykit.audit.sampling import audit_prompts
 
     stage = plan.stage("audit")
-    configured = None if stage is None else stage.settings.get("classifier")
+    configured = None if stage is None else stage.settings.classifier
     labels = sorted({p.concept for p in audit_prompts(plan)} | {c.anchor for c in plan.erase if c.anchor})
     return build_classifier(spec or configured, plan.inputs.base_model.id, labels)
 
@@ -79,7 +79,7 @@ def audit_prompt_set(plan, pipe) -> AuditPromptSet:
 
 def _audit_seed(plan) -> int:
     stage = plan.stage("audit")
-    return plan.seed if stage is None else stage.settings.get("seed", plan.seed)
+    return plan.seed if stage is None else stage.settings.seed
 
 
 def audit_sampler(plan) -> tuple[list[float], int]:
@@ -90,9 +90,8 @@ def audit_sampler(plan) -> tuple[list[float], int]:
     """
     stage = plan.stage("audit")
     sampling = sampling_for(plan.inputs.base_model.id)
-    settings = {} if stage is None else stage.settings
-    scales = [float(g) for g in settings.get("guidance_scales") or [sampling["guidance"]]]
-    return scales, int(settings.get("steps") or sampling["steps"])
+    scales = [float(g) for g in (stage.settings.guidance_scales if stage else ()) or [sampling["guidance"]]]
+    return scales, int((stage.settings.steps if stage else None) or sampling["steps"])
 
 
 def draw_prompt_set(plan, pipe, prompt_set: AuditPromptSet, *, per_prompt: int | None = None,
@@ -107,7 +106,7 @@ def draw_prompt_set(plan, pipe, prompt_set: AuditPromptSet, *, per_prompt: int |
 
     stage = plan.stage("audit")
     if per_prompt is None:
-        per_prompt = 4 if stage is None else stage.settings["samples_per_prompt"]
+        per_prompt = 4 if stage is None else stage.settings.samples_per_prompt
     sampling = sampling_for(plan.inputs.base_model.id)
     kwargs = dict(per_prompt=per_prompt, seed=_audit_seed(plan), steps=steps or sampling["steps"],
                   guidance=sampling["guidance"] if guidance is None else guidance, on_batch=on_batch)
@@ -132,7 +131,7 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     """
     from policykit.audit.metrics import compute_metrics, judge_scales
     from policykit.audit.sampling import classify_outcomes
-    from policykit.realera.engine import apply_edit
+    from policykit.realera.edit import apply_edit
 
     stage = plan.stage("audit")
     if stage is None:
@@ -141,7 +140,7 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     model_id = plan.inputs.base_model.id
     if classifier is None or isinstance(classifier, str):
         classifier = build_audit_classifier(plan, classifier)
-    per_prompt = settings["samples_per_prompt"]
+    per_prompt = settings.samples_per_prompt
     scales, steps = audit_sampler(plan)
     prompt_set = audit_prompt_set(plan, pipe)
     prompts = prompt_set.prompts
@@ -167,7 +166,7 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
                             outcomes)
         results.append(scale)
         emit("audit_scale", guidance=g, before=scale.metrics_before.to_dict(), after=scale.metrics_after.to_dict())
-    checks = judge_scales({s.guidance: s.metrics_after for s in results}, **settings["thresholds"])
+    checks = judge_scales({s.guidance: s.metrics_after for s in results}, **settings.thresholds)
     provenance = {**(provenance or {}), "classifier": classifier.name,
                   "sampler": f"{steps} steps at guidance {', '.join(f'{g:g}' for g in scales)}"}
     result = AuditResult(plan.inputs.policy_name, plan.inputs.policy_version, results, checks,

@@ -8,7 +8,6 @@ two grids are the edit's doing.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 from dataclasses import dataclass
@@ -108,8 +107,9 @@ def neighbor_conditionings(plan, pipe, *, seed: int, per_concept: int = NEIGHBOR
 
 def image_seed(seed: int, prompt: str, index: int) -> int:
     """The seed of image ``index`` of ``prompt``: independent of batching and order."""
-    digest = hashlib.sha256(f"{seed}\x00{prompt}\x00{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+    from policykit.hashing import derived_seed
+
+    return derived_seed(f"{seed}\x00{prompt}\x00{index}")
 
 
 def generate(pipe, prompts: Sequence[str], *, per_prompt: int, seed: int, steps: int, guidance: float,

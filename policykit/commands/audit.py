@@ -29,7 +29,7 @@ def run(args) -> int:
     from policykit.audit.run import audit_edit, write_reports
     from policykit.models import ModelNotAvailable
     from policykit.plan import Plan
-    from policykit.realera.engine import load_edit
+    from policykit.realera.edit import load_edit
 
     artifact = Path(args.artifact)
     as_json = args.format == "json"

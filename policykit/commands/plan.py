@@ -235,7 +235,7 @@ def _print_summary(plan, status: str, explanation: str, limit: int | None = MAX_
     stages.add_column("stage")
     stages.add_column("settings", overflow="fold")
     for i, stage in enumerate(plan.stages, 1):
-        stages.add_row(str(i), stage.name, _settings_text(stage.settings))
+        stages.add_row(str(i), stage.name, _settings_text(stage.settings.to_json()))
     console.print(stages)
     colour = {"up-to-date": "green", "create": "cyan", "conflict": "yellow"}[status]
     console.print(f"plan hash [bold]{plan.plan_hash}[/bold]")

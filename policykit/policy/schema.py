@@ -79,7 +79,9 @@ class Method(str, Enum):
     uce = "uce"
     mace = "mace"
     esd = "esd"
+    esd_u = "esd-u"
     realera_no_bcr = "realera-no-bcr"
+    realera_cf = "realera-cf"
 
 
 class NeighborSpace(str, Enum):
@@ -207,13 +209,22 @@ class Lora(_Strict):
     attention_weight: Annotated[float, Field(default=0.1, ge=0, le=1000.0, description="gamma_attn: weight of the attention-map term for preserves.")] = 0.1
 
 
+class Esd(_Strict):
+    """The `esd` / `esd-u` presets' fine-tuning (ESD, Gandikota et al. 2023); the defaults are its authors'."""
+
+    iterations: Annotated[int, Field(default=1000, ge=1, le=1_000_000, description="Training iterations (ESD: 1000).")] = 1000
+    learning_rate: Annotated[float, Field(default=1e-5, gt=0, le=1.0, description="Adam learning rate (ESD: 1e-5).")] = 1e-5
+    negative_guidance: Annotated[float, Field(default=1.0, ge=0, le=100.0, description="Negative guidance of the target (ESD: 1.0).")] = 1.0
+
+
 class Training(_Strict):
     """How the edit is computed."""
 
-    method: Annotated[Method, Field(default=Method.realera, description="`realera` (default), or a preset for comparison: `uce`, `mace`, `esd`, `realera-no-bcr`.")] = Method.realera
+    method: Annotated[Method, Field(default=Method.realera, description="`realera` (default), `realera-cf` (its closed form without noise alignment), or a peer method at its authors' defaults for comparison: `uce`, `mace`, `esd` (ESD-x), `esd-u`; `realera-no-bcr` is an ablation. A setting written in the policy overrides the preset's default (docs/method.md, Presets).")] = Method.realera
     seed: Annotated[int, Field(default=0, ge=0, le=2**32 - 1, description="Seed for mining, latents and training; the same seed gives the same artifact.")] = 0
     closed_form: Annotated[ClosedForm, Field(default_factory=ClosedForm, description="Closed-form refinement settings.")]
     lora: Annotated[Lora, Field(default_factory=Lora, description="LoRA noise alignment settings.")]
+    esd: Annotated[Esd, Field(default_factory=Esd, description="ESD fine-tuning settings (`esd`, `esd-u` presets only).")]
 
 
 class Probe(_Strict):

@@ -19,7 +19,7 @@ Conventions
     scalar or one weight per row. Weights are returned as a dict
     ``"<module name>.weight" -> tensor`` in the layer's own dtype and device:
     the keys of the U-Net's ``state_dict``, which is what the delta artifact
-    stores and :func:`apply_weights` loads.
+    stores and :func:`policykit.realera.edit.apply_weights` loads.
 
 Which layers
     :func:`find_cross_attention_projections` takes every diffusers ``Attention``
@@ -34,8 +34,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
+from policykit.realera.runner import TypedOutput
+
 if TYPE_CHECKING:  # torch stays out of `import policykit`
     import torch
+
+    from policykit.realera.encoding import ErasePairs, PreserveRows
 
 #: Projections the closed form may edit: the ones applied to text embeddings.
 EDITABLE_PROJECTIONS = ("to_k", "to_v")
@@ -97,7 +101,8 @@ class ClosedFormSystem:
     """The three Gram matrices of the closed form, accumulated in float64.
 
     ``cross = sum alpha e* e^T``, ``erase = sum alpha e e^T``,
-    ``preserve = sum beta p p^T``; ``d`` is the text hidden size.
+    ``preserve = sum beta p p^T``, and ``target = sum alpha e* e*^T`` (only for
+    :meth:`residuals`); ``d`` is the text hidden size.
     """
 
     d: int
@@ -105,6 +110,7 @@ class ClosedFormSystem:
     cross: "torch.Tensor" = field(init=False)
     erase: "torch.Tensor" = field(init=False)
     preserve: "torch.Tensor" = field(init=False)
+    target: "torch.Tensor" = field(init=False)
     n_erase: int = field(init=False, default=0)
     n_preserve: int = field(init=False, default=0)
 
@@ -112,7 +118,7 @@ class ClosedFormSystem:
         import torch
 
         zeros = lambda: torch.zeros(self.d, self.d, dtype=torch.float64, device=self.device)  # noqa: E731
-        self.cross, self.erase, self.preserve = zeros(), zeros(), zeros()
+        self.cross, self.erase, self.preserve, self.target = zeros(), zeros(), zeros(), zeros()
 
     def add_erase(self, embeddings: "torch.Tensor", targets: "torch.Tensor", alpha=1.0) -> None:
         """Add pairs: rows ``embeddings[i]`` must map to where ``targets[i]`` maps now, weight ``alpha``.
@@ -131,6 +137,7 @@ class ClosedFormSystem:
             weighted = chunk * weights[start:stop, None]
             self.cross += target.T @ weighted
             self.erase += chunk.T @ weighted
+            self.target += target.T @ (target * weights[start:stop, None])
             del chunk, target, weighted  # free this chunk's copies before the next one is made
         self.n_erase += e.shape[0]
 
@@ -149,15 +156,15 @@ class ClosedFormSystem:
         """``R`` (float64, ``d x d``) with ``W' = W R`` for every layer."""
         import torch
 
-        if lam <= 0:
-            raise ValueError(f"lambda must be > 0 (it keeps the system solvable), got {lam}")
+        if lam < 0:
+            raise ValueError(f"lambda must be >= 0, got {lam}")
         eye = torch.eye(self.d, dtype=torch.float64, device=self.device)
         left = lam * eye + self.cross + self.preserve
         right = lam * eye + self.erase + self.preserve
         # R = left @ right^-1  <=>  R^T = right^-1 @ left^T  (right is symmetric positive definite).
         factor, info = torch.linalg.cholesky_ex(right)
         if int(info) != 0:
-            raise ValueError("the closed-form system is not positive definite; raise lambda")
+            raise ValueError(f"the closed-form system is not positive definite at lambda {lam}; raise lambda")
         return torch.cholesky_solve(left.T.contiguous(), factor).T
 
     def _check_width(self, x: "torch.Tensor") -> None:
@@ -182,20 +189,45 @@ class ClosedFormSystem:
         return w
 
 
-def refine_weights(projections: Mapping[str, "torch.nn.Linear"], right_factor: "torch.Tensor") -> dict:
-    """``W R`` for every projection, computed in float64 and cast back to the layer's dtype.
+    def residuals(self, weights: Mapping[str, "torch.Tensor"], edited: Mapping[str, "torch.Tensor"]) -> dict[str, float]:
+        """How well the solve did, from the Gram matrices (no rows kept), summed over layers.
 
-    Returns ``{"<name>.weight": tensor}``; the model is not modified.
+        ``weights``/``edited``: each layer's ``W`` and ``W'`` by the same key.
+        ``erase_residual_before`` / ``erase_residual``: ``sqrt(sum alpha ||W e - W e*||^2 / sum alpha ||W e*||^2)``
+        with the base and the refined ``W``; ``preserve_drift``: ``sqrt(sum beta ||(W' - W) p||^2 / sum beta ||W p||^2)``.
+        """
+        import torch
+
+        def quad(a, gram, b):  # sum over rows x of (a x) . (b x) = tr(a G b^T)
+            return float(((a @ gram) * b).sum())
+
+        before = after = scale = drift = kept = 0.0
+        cross_t = self.cross.T  # sum alpha e e*^T
+        for key, weight in weights.items():
+            w = weight.to(self.device, torch.float64)
+            w2 = edited[key].to(self.device, torch.float64)
+            scale += quad(w, self.target, w)
+            before += quad(w, self.erase, w) - 2 * quad(w, cross_t, w) + quad(w, self.target, w)
+            after += quad(w2, self.erase, w2) - 2 * quad(w2, cross_t, w) + quad(w, self.target, w)
+            diff = w2 - w
+            drift += quad(diff, self.preserve, diff)
+            kept += quad(w, self.preserve, w)
+        ratio = lambda a, b: round(max(a, 0.0) ** 0.5 / max(b, 1e-300) ** 0.5, 6)  # noqa: E731
+        return {"erase_residual_before": ratio(before, scale), "erase_residual": ratio(after, scale),
+                "preserve_drift": ratio(drift, kept)}
+
+def refine_weights(projections: Mapping[str, "torch.nn.Linear"], right_factor: "torch.Tensor") -> dict:
+    """``W R`` for every projection, in float64 on ``right_factor``'s device (the model is not modified).
+
+    Returns ``{"<name>.weight": tensor}``. Kept in float64: the stage stores ``W R - W`` taken from
+    these, since a delta taken after casting ``W R`` back to a half-precision layer would carry that
+    rounding into every later stage.
     """
     import torch
 
-    edited = {}
     with torch.no_grad():
-        for name, linear in projections.items():
-            w = linear.weight
-            factor = right_factor.to(device=w.device, dtype=torch.float64)
-            edited[f"{name}.weight"] = (w.to(torch.float64) @ factor).to(w.dtype)
-    return edited
+        return {f"{name}.weight": linear.weight.detach().to(right_factor.device, torch.float64) @ right_factor
+                for name, linear in projections.items()}
 
 
 def closed_form_refine(unet, erase: Iterable[tuple], preserve: Iterable[tuple], lam: float,
@@ -213,23 +245,45 @@ def closed_form_refine(unet, erase: Iterable[tuple], preserve: Iterable[tuple], 
         system.add_erase(e, e_star, alpha)
     for p, beta in preserve:
         system.add_preserve(p, beta)
-    return refine_weights(projections, system.right_factor(lam))
+    edited = refine_weights(projections, system.right_factor(lam))
+    return {k: v.to(projections[k[:-len(".weight")]].weight.dtype) for k, v in edited.items()}
 
 
-def apply_weights(module, weights: Mapping[str, "torch.Tensor"]) -> None:
-    """Copy ``weights`` (``state_dict`` keys) into ``module`` in place.
+# ---------------------------------------------------------------- the stage
 
-    Works on a peft-wrapped U-Net too: ``a.to_k.weight`` also finds
-    ``a.to_k.base_layer.weight``. Raises ``KeyError`` for a name the module lacks.
+@dataclass
+class WeightDelta(TypedOutput):
+    """An edit of U-Net weights: ``delta`` is ``W' - W`` (float32, CPU) by ``state_dict`` key."""
+
+    delta: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+def run(plan, pipeline, settings, *, erase: "ErasePairs", preserve: "PreserveRows",
+        mined: "ErasePairs | None" = None, shell: "PreserveRows | None" = None) -> WeightDelta:
+    """Stage 3 on a plan: ONE solve for every concept, applied to every edited projection.
+
+    ``settings`` is the plan's :class:`~policykit.realera.settings.ClosedFormSettings`. The rows are
+    built by the caller under ``settings.rows`` (``erase``/``preserve``: the plan's phrases under
+    policykit's rules, :mod:`.encoding`, or a peer's, :mod:`.peer_rows`); ``mined`` and ``shell``
+    (stages 1 and 2) join them when the settings say so. Added in this order, always: the erase
+    pairs, the mined pairs, the preserves, the shell (the float64 sums are then reproducible).
     """
     import torch
 
-    params = dict(module.named_parameters())
-    with torch.no_grad():
-        for key, value in weights.items():
-            target = params.get(key)
-            if target is None:
-                target = params.get(key.rsplit(".", 1)[0] + ".base_layer.weight")
-            if target is None:
-                raise KeyError(f"{key} is not a parameter of {type(module).__name__}")
-            target.copy_(value.to(device=target.device, dtype=target.dtype))
+    projections = find_cross_attention_projections(pipeline.unet, targets=settings.targets)
+    d = next(iter(projections.values())).in_features
+    system = ClosedFormSystem(d, device=next(pipeline.unet.parameters()).device)
+    for pairs in (erase, mined if settings.use_mined_neighbors else None):
+        if pairs is not None and pairs.rows.shape[0]:
+            system.add_erase(pairs.rows, pairs.targets, pairs.alpha * settings.erase_scale)
+    for rows in (preserve, shell if settings.use_beyond_concept else None):
+        if rows is not None and rows.rows.shape[0]:
+            system.add_preserve(rows.rows, rows.beta)
+    right = system.right_factor(settings.lambda_)
+    edited = refine_weights(projections, right)
+    weights = {f"{name}.weight": linear.weight.detach() for name, linear in projections.items()}
+    delta = {k: (edited[k] - weights[k].to(right.device, torch.float64)).float().cpu() for k in edited}
+    info = {"erase_rows": system.n_erase, "preserve_rows": system.n_preserve, "layers": len(projections),
+            **system.residuals(weights, edited)}
+    return WeightDelta(delta=delta, info=info)

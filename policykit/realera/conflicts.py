@@ -18,9 +18,19 @@ Conflicts
     without the model and fail on a laptop with it. The audit is where a
     swallowed preserve fails hard (specificity threshold).
 
-Distances follow :func:`policykit.realera.mining.phrase_distances`, measured at
+Distances follow :func:`phrase_distances`, measured at
 the concept's first template (token space does not depend on the template;
 text space does, and the first template is the one ``plan`` shows).
+
+Decoding a radius (for the audit and ``plan``)
+    :func:`tokens_within_radius` lists vocabulary tokens that, put in place of
+    one of the concept's tokens, stay inside the radius (token space).
+    :func:`phrase_distances` gives the relative distance of known phrases
+    (synonyms, preserves, probes) from the concept, in either space: in token
+    space the two token blocks are right-aligned and the shorter is padded with
+    zero rows (an extra token costs its whole norm); in text space the phrase
+    prompt's outputs are taken at the partner positions of the anchor
+    alignment.
 
 ``load_text_model`` loads only the tokenizer and text encoder of a resolved
 model, which is all ``plan`` and ``neighbors`` need.
@@ -33,9 +43,94 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+from policykit.realera.encoding import SPACES, encode_prompts
+from policykit.realera.prompts import DEFAULT_LEAK_PADDING, ConceptPositions, align_with_anchor, locate_concept
+
 #: Vocabulary tokens listed per concept unless asked otherwise.
 DEFAULT_TOKEN_LIMIT = 20
 PRESERVE_INSIDE_RADIUS = "preserve-inside-radius"
+
+
+# ---------------------------------------------------------------- decoding a radius
+
+@dataclass(frozen=True)
+class CoveredToken:
+    """A vocabulary token that, in place of the concept's token at ``span_index``, stays inside the radius."""
+
+    span_index: int
+    token: str
+    token_id: int
+    relative_distance: float
+
+
+@dataclass(frozen=True)
+class PhraseDistance:
+    """How far a known phrase is from the concept, relative to ``||t||``, in one space."""
+
+    phrase: str
+    relative_distance: float
+    inside: bool
+
+
+def tokens_within_radius(text_encoder, tokenizer, located: ConceptPositions, radius: float,
+                         min_cosine: float | None = None, limit: int = 50) -> list[CoveredToken]:
+    """Vocabulary tokens one substitution away from the concept inside ``radius`` (nearest first).
+
+    The concept's own tokens and the special tokens are left out.
+    """
+    import torch
+
+    table = text_encoder.get_input_embeddings().weight.detach().to(torch.float64)
+    ids = [located.input_ids[i] for i in located.span]
+    t = table[ids]  # (n, d)
+    norm = t.norm()
+    special = set(tokenizer.all_special_ids)
+    found = []
+    for j, own in enumerate(ids):
+        diff = table - t[j]
+        rel = diff.norm(dim=1) / norm
+        inside = rel <= radius
+        if min_cosine is not None:
+            # cos(t, t') with row j replaced by each vocabulary row
+            dot = (t * t).sum() - t[j] @ t[j] + table @ t[j]
+            other = (t * t).sum() - t[j] @ t[j]
+            cos = dot / (norm * (other + (table * table).sum(dim=1)).sqrt()).clamp_min(1e-300)
+            inside &= cos >= min_cosine
+        for v in inside.nonzero().flatten().tolist():
+            if v != own and v not in special:
+                found.append(CoveredToken(j, tokenizer.convert_ids_to_tokens(v), v, float(rel[v])))
+    found.sort(key=lambda c: (c.relative_distance, c.span_index, c.token_id))
+    return found[:limit]
+
+
+def phrase_distances(text_encoder, tokenizer, template: str, concept: str, phrases: Sequence[str], radius: float,
+                     space: str = "token", leak_padding: int | None = DEFAULT_LEAK_PADDING) -> list[PhraseDistance]:
+    """Relative distance of each phrase from the concept at ``template``, and whether it is inside ``radius``."""
+    import torch
+
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    out = []
+    if space == "token":
+        table = text_encoder.get_input_embeddings().weight.detach().to(torch.float64)
+        c = locate_concept(tokenizer, template, concept, leak_padding)
+        t = table[[c.input_ids[i] for i in c.span]]
+        for phrase in phrases:
+            p = locate_concept(tokenizer, template, phrase, leak_padding)
+            q = table[[p.input_ids[i] for i in p.span]]
+            n = max(len(t), len(q))
+            pad = lambda x: torch.cat([x.new_zeros(n - len(x), x.shape[1]), x])  # noqa: E731 - right-align
+            rel = float((pad(q) - pad(t)).norm() / t.norm())
+            out.append(PhraseDistance(phrase, rel, rel <= radius))
+        return out
+    for phrase in phrases:
+        aligned = align_with_anchor(tokenizer, template, concept, phrase, leak_padding)
+        enc = encode_prompts(text_encoder, tokenizer, [aligned.concept.prompt, aligned.anchor.prompt]).double()
+        t = enc[0, list(aligned.concept_positions)]
+        q = enc[1, list(aligned.anchor_positions)]
+        rel = float((q - t).norm() / t.norm())
+        out.append(PhraseDistance(phrase, rel, rel <= radius))
+    return out
 
 
 @dataclass(frozen=True)
@@ -66,7 +161,6 @@ def radius_coverage(text_encoder, tokenizer, concept: str, *, radius: float, spa
                     template: str = "{}", phrases: Sequence[tuple[str, str]] = (),
                     min_cosine: float | None = None, token_limit: int = DEFAULT_TOKEN_LIMIT) -> RadiusCoverage:
     """Decode ``concept``'s radius: nearest vocabulary tokens and the distance of each ``(phrase, role)``."""
-    from policykit.realera.mining import phrase_distances, tokens_within_radius
     from policykit.realera.prompts import locate_concept
 
     tokens = []

@@ -1,4 +1,4 @@
-"""Stages 1 and 2: neighbor-concept mining (NCM) and the beyond-concept shell (BCR).
+"""Stage 1: neighbor-concept mining (NCM); the sampler the beyond-concept shell (:mod:`.beyond`) shares.
 
 Around a concept ``t`` we draw perturbations ``eta = rho * u``: ``u`` a
 uniform random unit direction (a normalized Gaussian), ``rho`` uniform in
@@ -29,82 +29,20 @@ Rejection
     candidates, at most 64 x ``need``). The acceptance rate is reported; a
     shortfall returns fewer samples rather than failing, and ``shortfall`` says
     how many.
-
-Decoding a radius (for the audit and ``plan``)
-    :func:`tokens_within_radius` lists vocabulary tokens that, put in place of
-    one of the concept's tokens, stay inside the radius (token space).
-    :func:`phrase_distances` gives the relative distance of known phrases
-    (synonyms, preserves, probes) from the concept, in either space: in token
-    space the two token blocks are right-aligned and the shorter is padded with
-    zero rows (an extra token costs its whole norm); in text space the phrase
-    prompt's outputs are taken at the partner positions of the anchor
-    alignment.
 """
 
 from __future__ import annotations
 
-import hashlib
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
-from policykit.realera.prompts import (DEFAULT_LEAK_PADDING, AlignedPrompt, ConceptPositions, align_with_anchor,
-                                      locate_concept, tokenize)
+from policykit.realera.encoding import SPACES, MinedSamples, TemplateSamples, encode_ids
+from policykit.realera.prompts import DEFAULT_LEAK_PADDING, align_with_anchor, tokenize
 
 if TYPE_CHECKING:
     import torch
 
-SPACES = ("token", "text")
 MAX_ROUNDS = 12
-
-
-# ---------------------------------------------------------------- encoding
-
-@contextmanager
-def _token_embedding_offset(text_encoder, offset: "torch.Tensor"):
-    """Add ``offset`` ((B, L, d)) to the token embeddings for the passes inside the block.
-
-    CLIPTextModel in transformers 5.x takes no ``inputs_embeds``, so the offset
-    goes in through a forward hook on the input-embedding module.
-    """
-    module = text_encoder.get_input_embeddings()
-    handle = module.register_forward_hook(lambda _m, _i, out: out + offset.to(dtype=out.dtype, device=out.device))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def encode_ids(text_encoder, input_ids: "torch.Tensor", attention_mask: "torch.Tensor | None" = None,
-               token_offset: "torch.Tensor | None" = None) -> "torch.Tensor":
-    """Text-encoder output ``(B, L, d)`` as the SD pipelines compute it (last hidden state).
-
-    The attention mask is passed only when the encoder's config asks for it,
-    as in ``StableDiffusionPipeline.encode_prompt``. ``token_offset`` is added
-    to the input token embeddings.
-    """
-    import torch
-
-    device = next(text_encoder.parameters()).device
-    mask = None
-    if attention_mask is not None and getattr(text_encoder.config, "use_attention_mask", False):
-        mask = attention_mask.to(device)
-    with torch.no_grad():
-        if token_offset is None:
-            return text_encoder(input_ids.to(device), attention_mask=mask)[0]
-        with _token_embedding_offset(text_encoder, token_offset):
-            return text_encoder(input_ids.to(device), attention_mask=mask)[0]
-
-
-def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], batch_size: int = 64) -> "torch.Tensor":
-    """Conditioning ``(len(prompts), L, d)`` in float32 on the encoder's device."""
-    import torch
-
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        batch = tokenize(tokenizer, prompts[i:i + batch_size])
-        out.append(encode_ids(text_encoder, batch.input_ids, batch.attention_mask).float())
-    return torch.cat(out)
 
 
 # ---------------------------------------------------------------- sampling
@@ -113,8 +51,9 @@ def stream_generator(seed: int, *parts: Any) -> "torch.Generator":
     """A CPU generator seeded from ``seed`` and ``parts`` (order-independent across templates)."""
     import torch
 
-    digest = hashlib.sha256(repr((seed,) + parts).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    from policykit.hashing import derived_seed
+
+    return torch.Generator().manual_seed(derived_seed(repr((seed,) + parts)))
 
 
 @dataclass
@@ -173,77 +112,6 @@ def sample_perturbations(t: "torch.Tensor", count: int, low: float, high: float,
 
 # ---------------------------------------------------------------- mining
 
-@dataclass
-class TemplateSamples:
-    """Samples around one concept at one template.
-
-    ``embeddings`` ``(n, P, d)``: encoder outputs at the concept positions;
-    ``anchors`` ``(P, d)``: the anchor prompt's outputs at the partner
-    positions (shared by all samples of the template); ``sequences``
-    ``(n, L, d)``: the full conditionings; ``anchor_sequence`` ``(L, d)``: the
-    anchor prompt's full conditioning; all float32.
-    """
-
-    aligned: AlignedPrompt
-    embeddings: "torch.Tensor"
-    anchors: "torch.Tensor"
-    sequences: "torch.Tensor"
-    anchor_sequence: "torch.Tensor"
-    relative_radius: "torch.Tensor"
-    cosine: "torch.Tensor"
-    drawn: int
-    shortfall: int
-
-
-@dataclass
-class MinedSamples:
-    """All templates' samples for one concept, in one space, for one radius range."""
-
-    space: str
-    low: float
-    high: float
-    templates: list[TemplateSamples] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        """Accepted samples over all templates."""
-        return sum(t.embeddings.shape[0] for t in self.templates)
-
-    @property
-    def drawn(self) -> int:
-        """Candidates drawn over all templates."""
-        return sum(t.drawn for t in self.templates)
-
-    @property
-    def acceptance_rate(self) -> float:
-        """Accepted / drawn (1.0 when nothing was drawn)."""
-        return self.count / self.drawn if self.drawn else 1.0
-
-    @property
-    def shortfall(self) -> int:
-        """Samples asked for but not found within the rejection rounds."""
-        return sum(t.shortfall for t in self.templates)
-
-    def erase_pairs(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
-        """``(embeddings, anchor targets)`` per template, both ``(n, P, d)``, for the closed form."""
-        for t in self.templates:
-            yield t.embeddings, t.anchors.expand_as(t.embeddings)
-
-    def conditioning_pairs(self) -> tuple["torch.Tensor", "torch.Tensor"]:
-        """``(sequences, anchor sequences)``, both ``(count, L, d)``: erase inputs and targets for noise alignment."""
-        import torch
-
-        seqs = [t.sequences for t in self.templates]
-        anchors = [t.anchor_sequence.expand_as(t.sequences) for t in self.templates]
-        return torch.cat(seqs), torch.cat(anchors)
-
-    def embedding_rows(self) -> "torch.Tensor":
-        """Every sample's outputs at its concept positions as ``(rows, d)`` (preserve side of the closed form)."""
-        import torch
-
-        return torch.cat([t.embeddings.reshape(-1, t.embeddings.shape[-1]) for t in self.templates])
-
-
 def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
                  low: float, high: float, seed: int, space: str = "token", min_cosine: float | None = None,
                  leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32, purpose: str = "neighbors") -> MinedSamples:
@@ -293,30 +161,6 @@ def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str
     return result
 
 
-def encode_concept(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *,
-                   leak_padding: int | None = DEFAULT_LEAK_PADDING) -> MinedSamples:
-    """The unperturbed concept (one sample per template, ``rho = 0``) in the same shape as mined samples.
-
-    Used for the concept itself and its synonyms (erase side, paired with the
-    anchor) and for explicit preserves (pass ``anchor=concept``: only
-    ``embeddings`` matter there), so later stages treat every source alike.
-    """
-    import torch
-
-    result = MinedSamples(space="none", low=0.0, high=0.0)
-    for template in templates:
-        aligned = align_with_anchor(tokenizer, template, concept, anchor, leak_padding)
-        ids = tokenize(tokenizer, [aligned.concept.prompt, aligned.anchor.prompt])
-        base = encode_ids(text_encoder, ids.input_ids, ids.attention_mask).float()
-        zero = torch.zeros(1, dtype=torch.float64)
-        result.templates.append(TemplateSamples(
-            aligned=aligned, embeddings=base[:1, list(aligned.concept_positions)],
-            anchors=base[1, list(aligned.anchor_positions)], sequences=base[:1], anchor_sequence=base[1],
-            relative_radius=zero,
-            cosine=torch.ones(1, dtype=torch.float64), drawn=0, shortfall=0))
-    return result
-
-
 def mine_neighbors(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
                    radius: float, seed: int, min_cosine: float | None = None, space: str = "token",
                    leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32) -> MinedSamples:
@@ -326,95 +170,35 @@ def mine_neighbors(text_encoder, tokenizer, templates: Sequence[str], concept: s
                         batch_size=batch_size, purpose="neighbors")
 
 
-def mine_beyond(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
-                radius: float, beyond_radius: float | None, seed: int, space: str = "token",
-                min_cosine: float | None = None, leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32) -> MinedSamples:
-    """Stage 2: ``count`` shell samples per template with ``radius < rho/||t|| <= beyond_radius`` (default 2 x radius)."""
-    beyond = 2 * radius if beyond_radius is None else beyond_radius
-    if beyond <= radius:
-        raise ValueError(f"beyond_radius ({beyond}) must be larger than radius ({radius})")
-    return mine_samples(text_encoder, tokenizer, templates, concept, anchor, count=count, low=radius, high=beyond,
-                        seed=seed, space=space, min_cosine=min_cosine, leak_padding=leak_padding,
-                        batch_size=batch_size, purpose="beyond")
+# ---------------------------------------------------------------- the stage
 
+def run(plan, pipeline, settings, *, leak_padding: int | None, neighbor_mass: float,
+        batch_size: int = 32):
+    """Stage 1 on a plan: neighbors of every erased phrase at its templates, paired with the anchor.
 
-# ---------------------------------------------------------------- decoding a radius
-
-@dataclass(frozen=True)
-class CoveredToken:
-    """A vocabulary token that, in place of the concept's token at ``span_index``, stays inside the radius."""
-
-    span_index: int
-    token: str
-    token_id: int
-    relative_distance: float
-
-
-@dataclass(frozen=True)
-class PhraseDistance:
-    """How far a known phrase is from the concept, relative to ``||t||``, in one space."""
-
-    phrase: str
-    relative_distance: float
-    inside: bool
-
-
-def tokens_within_radius(text_encoder, tokenizer, located: ConceptPositions, radius: float,
-                         min_cosine: float | None = None, limit: int = 50) -> list[CoveredToken]:
-    """Vocabulary tokens one substitution away from the concept inside ``radius`` (nearest first).
-
-    The concept's own tokens and the special tokens are left out.
+    ``settings`` is the plan's :class:`~policykit.realera.settings.MiningSettings`; radius, samples,
+    cosine floor and space are each entry's. All of one phrase's neighbors at one template weigh
+    together ``neighbor_mass`` times the phrase (each ``neighbor_mass * strength / samples``).
+    Returns :class:`~policykit.realera.encoding.ErasePairs` whose ``info`` has the acceptance rate
+    and what each radius covers (:func:`policykit.realera.conflicts.plan_coverage`, for the audit).
     """
-    import torch
+    from policykit.realera.conflicts import plan_coverage
+    from policykit.realera.encoding import PairCollector, erased_phrases, text_shape
 
-    table = text_encoder.get_input_embeddings().weight.detach().to(torch.float64)
-    ids = [located.input_ids[i] for i in located.span]
-    t = table[ids]  # (n, d)
-    norm = t.norm()
-    special = set(tokenizer.all_special_ids)
-    found = []
-    for j, own in enumerate(ids):
-        diff = table - t[j]
-        rel = diff.norm(dim=1) / norm
-        inside = rel <= radius
-        if min_cosine is not None:
-            # cos(t, t') with row j replaced by each vocabulary row
-            dot = (t * t).sum() - t[j] @ t[j] + table @ t[j]
-            other = (t * t).sum() - t[j] @ t[j]
-            cos = dot / (norm * (other + (table * table).sum(dim=1)).sqrt()).clamp_min(1e-300)
-            inside &= cos >= min_cosine
-        for v in inside.nonzero().flatten().tolist():
-            if v != own and v not in special:
-                found.append(CoveredToken(j, tokenizer.convert_ids_to_tokens(v), v, float(rel[v])))
-    found.sort(key=lambda c: (c.relative_distance, c.span_index, c.token_id))
-    return found[:limit]
-
-
-def phrase_distances(text_encoder, tokenizer, template: str, concept: str, phrases: Sequence[str], radius: float,
-                     space: str = "token", leak_padding: int | None = DEFAULT_LEAK_PADDING) -> list[PhraseDistance]:
-    """Relative distance of each phrase from the concept at ``template``, and whether it is inside ``radius``."""
-    import torch
-
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
-    out = []
-    if space == "token":
-        table = text_encoder.get_input_embeddings().weight.detach().to(torch.float64)
-        c = locate_concept(tokenizer, template, concept, leak_padding)
-        t = table[[c.input_ids[i] for i in c.span]]
-        for phrase in phrases:
-            p = locate_concept(tokenizer, template, phrase, leak_padding)
-            q = table[[p.input_ids[i] for i in p.span]]
-            n = max(len(t), len(q))
-            pad = lambda x: torch.cat([x.new_zeros(n - len(x), x.shape[1]), x])  # noqa: E731 - right-align
-            rel = float((pad(q) - pad(t)).norm() / t.norm())
-            out.append(PhraseDistance(phrase, rel, rel <= radius))
-        return out
-    for phrase in phrases:
-        aligned = align_with_anchor(tokenizer, template, concept, phrase, leak_padding)
-        enc = encode_prompts(text_encoder, tokenizer, [aligned.concept.prompt, aligned.anchor.prompt]).double()
-        t = enc[0, list(aligned.concept_positions)]
-        q = enc[1, list(aligned.anchor_positions)]
-        rel = float((q - t).norm() / t.norm())
-        out.append(PhraseDistance(phrase, rel, rel <= radius))
-    return out
+    length, width = text_shape(pipeline)
+    collector = PairCollector(width, length)
+    drawn = accepted = shortfall = 0
+    for p in erased_phrases(plan):
+        n = p.neighbors
+        samples = mine_neighbors(pipeline.text_encoder, pipeline.tokenizer, p.templates, p.phrase, p.anchor,
+                                 count=n.samples, radius=n.radius, seed=settings.seed, min_cosine=n.min_cosine,
+                                 space=n.space, leak_padding=leak_padding, batch_size=batch_size)
+        collector.add(samples, neighbor_mass * p.strength / max(1, n.samples))
+        drawn, accepted, shortfall = drawn + samples.drawn, accepted + samples.count, shortfall + samples.shortfall
+    coverage = [c.to_dict() for c in plan_coverage(plan, pipeline.text_encoder, pipeline.tokenizer)]
+    pairs = collector.pairs()
+    pairs.info = {"neighbors": accepted, "acceptance_rate": round(accepted / drawn, 4) if drawn else 1.0,
+                  "shortfall": shortfall, "erase_rows": int(pairs.rows.shape[0]),
+                  "covered_phrases": sum(len([p for p in c["phrases"] if p["inside"]]) for c in coverage),
+                  "coverage": coverage}
+    return pairs

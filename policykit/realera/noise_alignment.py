@@ -33,13 +33,11 @@ Choices made here
 
 The adapter is saved in the diffusers LoRA format
 (``pytorch_lora_weights.safetensors``, peft config as metadata), loadable with
-``pipe.load_lora_weights(dir)`` or :func:`load_adapter`.
+``pipe.load_lora_weights(dir)`` (:mod:`policykit.realera.edit`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -49,52 +47,16 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     import torch
 
-ADAPTER_NAME = "realera"
-WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-TARGETS = ("anchor", "negative_guidance")
-TIMESTEP_SAMPLING = ("uniform", "importance")
+from policykit.realera.edit import ADAPTER_NAME
+from policykit.realera.runner import TypedOutput
+from policykit.realera.settings import TIMESTEP_SAMPLING, NoiseAlignmentSettings
+
 #: Spread (as a share of the schedule) of the importance weighting around its middle.
 IMPORTANCE_SPREAD = 0.25
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss (the message says at which step and which term)."""
-
-
-@dataclass(frozen=True)
-class NoiseAlignmentConfig:
-    """Settings of one noise-alignment run; validated when built (peft style)."""
-
-    rank: int = 4
-    lora_alpha: float | None = None  # None: equal to rank (scale 1)
-    steps: int = 200
-    learning_rate: float = 1e-4
-    batch_size: int = 4
-    erase_weight: float = 1.0  # alpha, multiplied by each erase sample's own weight
-    preserve_weight: float = 1.0  # gamma
-    attention_weight: float = 0.1  # gamma_attn
-    target: str = "anchor"
-    guidance: float = 1.0
-    timesteps: str = "uniform"
-    train_query_and_out: bool = False  # also adapt to_q and to_out.0 of the cross-attention layers
-    seed: int = 0
-    adapter_name: str = ADAPTER_NAME
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
-            (self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha must be > 0"),
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.learning_rate > 0, "learning_rate must be > 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (min(self.erase_weight, self.preserve_weight, self.attention_weight) >= 0, "loss weights must be >= 0"),
-            (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
-            (self.timesteps in TIMESTEP_SAMPLING, f"timesteps must be one of {TIMESTEP_SAMPLING}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 @dataclass
@@ -257,22 +219,16 @@ def timestep_weights(num_train_timesteps: int, sampling: str) -> "torch.Tensor":
 
 def latent_cache_key(prompts: Sequence[str], settings: dict, model_fingerprint: str) -> str:
     """sha256 over what determines the latents: model, prompts and generation settings."""
-    payload = json.dumps({"model": model_fingerprint, "prompts": list(prompts), "settings": settings},
-                         sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    from policykit.hashing import content_id
+
+    return content_id({"model": model_fingerprint, "prompts": list(prompts), "settings": settings})
 
 
 def model_fingerprint(*modules) -> str:
     """sha256 over the parameters and buffers of ``modules`` (names, shapes, dtypes, bytes)."""
-    import torch
+    from policykit.hashing import tensors_sha256
 
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    return tensors_sha256((f"{i}.{name}", t) for i, m in enumerate(modules) for name, t in m.state_dict().items())
 
 
 def generate_training_latents(pipe, prompts: Sequence[str], *, per_prompt: int = 1, steps: int = 25,
@@ -326,35 +282,16 @@ def cross_attention_lora_targets(unet, with_query_and_out: bool = False) -> list
     return names
 
 
-def save_adapter(unet, directory: str | Path, adapter_name: str = ADAPTER_NAME) -> Path:
-    """Write the adapter as ``directory/pytorch_lora_weights.safetensors`` (diffusers LoRA format)."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
-    config = unet.peft_config[adapter_name].to_dict()
-    config["target_modules"] = sorted(config["target_modules"])  # a set: make the metadata stable
-    StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=state, weight_name=WEIGHT_NAME,
-                                              safe_serialization=True, unet_lora_adapter_metadata=config)
-    return directory / WEIGHT_NAME
-
-
-def load_adapter(unet, directory: str | Path, adapter_name: str = ADAPTER_NAME) -> None:
-    """Load an adapter saved by :func:`save_adapter` into ``unet`` (active after loading)."""
-    unet.load_lora_adapter(str(directory), prefix="unet", adapter_name=adapter_name, weight_name=WEIGHT_NAME)
-
-
 # ---------------------------------------------------------------- the trainer
 
 class NoiseAlignmentTrainer:
     """Trains the noise-alignment LoRA on ``unet`` in place; the loop in :meth:`train` reads top to bottom."""
 
-    def __init__(self, unet, scheduler, data: NoiseAlignmentData, config: NoiseAlignmentConfig):
+    def __init__(self, unet, scheduler, data: NoiseAlignmentData, config: NoiseAlignmentSettings, *,
+                 progress: bool = True, adapter_name: str = ADAPTER_NAME):
         data.check(config.target)
         self.unet, self.scheduler, self.data, self.config = unet, scheduler, data, config
+        self.progress, self.adapter_name = progress, adapter_name
         self.device = next(unet.parameters()).device
         self.dtype = next(unet.parameters()).dtype
         self.layers = sorted({n.rsplit(".", 1)[0] for n in cross_attention_lora_targets(unet)})
@@ -374,7 +311,7 @@ class NoiseAlignmentTrainer:
         self.unet.requires_grad_(False)
         with torch.random.fork_rng():  # peft draws lora_A from the global generator: seed it, locally
             torch.manual_seed(c.seed)
-            self.unet.add_adapter(lora, adapter_name=c.adapter_name)
+            self.unet.add_adapter(lora, adapter_name=self.adapter_name)
         self.parameters = [p for n, p in self.unet.named_parameters() if "lora_" in n]
         for p in self.parameters:
             p.data = p.data.float()  # keep the adapter in float32 under a half-precision U-Net
@@ -477,7 +414,7 @@ class NoiseAlignmentTrainer:
         self.unet.train()
         columns = (TextColumn("noise alignment"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
-        with Progress(*columns, transient=True, disable=not c.progress) as progress:
+        with Progress(*columns, transient=True, disable=not self.progress) as progress:
             task = progress.add_task("train", total=c.steps, loss="-")
             for step in range(1, c.steps + 1):
                 batch = self.sample_batch(generator)
@@ -500,4 +437,63 @@ class NoiseAlignmentTrainer:
 
     def save(self, directory: str | Path) -> Path:
         """Save the trained adapter (diffusers LoRA format); returns the weights file."""
-        return save_adapter(self.unet, directory, self.config.adapter_name)
+        from policykit.realera.edit import lora_state, save_lora
+
+        return save_lora(*lora_state(self.unet, self.adapter_name), directory)
+
+
+# ---------------------------------------------------------------- the stage
+
+@dataclass
+class LoraAdapter(TypedOutput):
+    """A trained adapter: ``state`` in the diffusers format (no ``unet.`` prefix); ``info["lora_config"]``
+    is its peft config."""
+
+    state: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+def run(plan, pipeline, settings: NoiseAlignmentSettings, *, erase, preserve, latents: "torch.Tensor",
+        mined=None, shell=None, delta: dict | None = None, progress: bool = True) -> LoraAdapter:
+    """Stage 4 on a plan: a LoRA trained on the refined U-Net, on a mixture of all concepts.
+
+    ``erase`` / ``preserve`` are the plan's phrases (:mod:`.encoding`); ``mined`` / ``shell`` (stages 1
+    and 2) join them when the settings say so; ``delta`` is the closed form's edit, on for the
+    training and taken off after; ``latents``: what the *base* model draws for the concepts
+    (:func:`generate_training_latents`). The pipeline is left as it came (adapter layers removed).
+    """
+    import torch
+    from diffusers import DDPMScheduler
+
+    from policykit.realera.edit import lora_state, temporary_edit
+
+    seqs, seq_targets, seq_alpha = [erase.sequences], [erase.sequence_targets], [erase.sequence_alpha]
+    if settings.use_mined_neighbors and mined is not None:
+        seqs.append(mined.sequences)
+        seq_targets.append(mined.sequence_targets)
+        seq_alpha.append(mined.sequence_alpha)
+    keep = [preserve.sequences]
+    if settings.use_beyond_concept and shell is not None:
+        keep.append(shell.sequences)
+    data = NoiseAlignmentData(erase=torch.cat(seqs), erase_targets=torch.cat(seq_targets),
+                              erase_weights=torch.cat(seq_alpha), preserve=torch.cat(keep), latents=latents,
+                              null=preserve.null)
+    # A DDPM schedule for add_noise: multistep samplers (DPM-Solver) only noise at their inference steps.
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    with temporary_edit(pipeline.unet, delta or {}):
+        trainer = NoiseAlignmentTrainer(pipeline.unet, scheduler, data, settings, progress=progress)
+        try:
+            report = trainer.train()
+            state, lora_config = lora_state(pipeline.unet, trainer.adapter_name)
+        finally:
+            # Remove the LoRA layers themselves (not only the adapter) so the U-Net is plain again.
+            pipeline.unet.unload_lora()
+            pipeline.unet.requires_grad_(False)
+    tail = max(1, min(10, len(report.losses)))
+    mean = lambda xs: round(sum(xs[-tail:]) / tail, 6)  # noqa: E731
+    info = {"steps": len(report.losses), "erase_samples": int(data.erase.shape[0]),
+            "preserve_samples": int(data.preserve.shape[0]), "latents": int(latents.shape[0]),
+            "loss_first": round(report.losses[0], 6), "loss": mean(report.losses),
+            "erase_loss": mean(report.erase), "preserve_loss": mean(report.preserve),
+            "attention_loss": mean(report.attention), "lora_config": lora_config}
+    return LoraAdapter(state=state, info=info)

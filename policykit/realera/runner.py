@@ -11,7 +11,6 @@ entry that looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from policykit.hashing import content_id
 
 TENSORS_FILE = "tensors.safetensors"
 INFO_FILE = "info.json"
@@ -30,6 +31,45 @@ class StageOutput:
 
     tensors: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+class TypedOutput:
+    """Base of a stage's typed output (a dataclass): tensor fields, dict-of-tensor fields and ``info``.
+
+    The stage returns it, the next stage reads its fields, and the runner caches
+    it as a :class:`StageOutput` (a dict field ``delta`` becomes tensors
+    ``delta.<key>``; a None field is left out, so optional and dict fields need defaults).
+    """
+
+    def to_stage_output(self) -> StageOutput:
+        """The output as the runner caches it."""
+        from dataclasses import fields
+
+        tensors: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name == "info" or value is None:
+                continue
+            if isinstance(value, dict):
+                tensors.update({f"{f.name}.{k}": v for k, v in value.items()})
+            else:
+                tensors[f.name] = value
+        return StageOutput(tensors, dict(getattr(self, "info", {})))
+
+    @classmethod
+    def from_stage_output(cls, output: StageOutput):
+        """The typed output back from the runner's cache (or from a stage that just ran)."""
+        from dataclasses import fields
+
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name == "info":
+                values["info"] = dict(output.info)
+            elif f.name in output.tensors:
+                values[f.name] = output.tensors[f.name]
+            elif any(k.startswith(f.name + ".") for k in output.tensors):
+                values[f.name] = {k[len(f.name) + 1:]: v for k, v in output.tensors.items() if k.startswith(f.name + ".")}
+        return cls(**values)  # a field neither stored nor defaulted is a TypeError: a damaged cache entry
 
 
 @dataclass(frozen=True)
@@ -56,16 +96,11 @@ class StageRecord:
     info: dict[str, Any]
 
 
-def _canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-
-
 def stage_keys(stages: Sequence[StageSpec], seed_key: str = "") -> list[str]:
     """The cache key of every stage, each chained on the ones before it."""
     keys, previous = [], seed_key
     for spec in stages:
-        previous = hashlib.sha256(_canonical({"stage": spec.name, "settings": spec.settings,
-                                              "previous": previous}).encode()).hexdigest()
+        previous = content_id({"stage": spec.name, "settings": spec.settings, "previous": previous})
         keys.append(previous)
     return keys
 

@@ -46,3 +46,13 @@ def openclip_tokenizer():
 def openclip_text_encoder(openclip_tokenizer):
     """A random 16-wide text encoder for the SD 2.x-style tokenizer."""
     return build_text_encoder(openclip_tokenizer, hidden_size=16, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_16():
+    """builtin:shapes' tokenizer: every world word one token, padded with the EOS id to 16 positions."""
+    from transformers import CLIPTokenizerFast
+
+    from policykit.shapes.sampling import MODEL_DIR
+
+    return CLIPTokenizerFast.from_pretrained(str(MODEL_DIR / "tokenizer"))

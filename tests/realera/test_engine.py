@@ -11,7 +11,9 @@ from policykit.plan import AUDIT, METHOD_STAGES, compile_plan
 from policykit.policy.schema import Policy
 from policykit.realera import engine
 from policykit.realera.closed_form import find_cross_attention_projections
-from policykit.realera.mining import encode_concept
+from policykit.realera.edit import DELTA_FILE, add_delta, apply_edit, load_edit, save_edit
+from policykit.realera.encoding import encode_erased, encode_preserved
+from policykit.realera.encoding import encode_concept
 from policykit.realera.noise_alignment import NoiseAlignmentTrainer
 
 OPTIONS = engine.EngineOptions(latents_per_prompt=1, latent_steps=2)
@@ -26,9 +28,21 @@ def _plan(method="realera", erase=None, steps=3, **training):
         "erase": erase or [{"concept": "mickey mouse", "anchor": "cartoon", "synonyms": ["mouse"]},
                            {"concept": "red circle", "anchor": "blue circle"}],
         "preserve": [{"concept": "cat"}],
-        "training": {"method": method, "lora": {"steps": steps, "batch_size": 2, "rank": 2}, **training},
+        "training": {"method": method, "lora": {"steps": steps, "batch_size": 2, "rank": 2},
+                     "esd": {"iterations": steps}, **training},
     }
     return compile_plan(Policy.model_validate(policy))
+
+
+def _closed_form_plan(erase=None):
+    """policykit's closed form alone: ``realera-cf`` with mining and the shell drawing nothing."""
+    plan = _plan("realera-cf", erase=erase)
+    return plan.model_copy(update={"erase": tuple(e.model_copy(update={"neighbors": e.neighbors.model_copy(
+        update={"samples": 0, "beyond_samples": 0})}) for e in plan.erase)})
+
+
+def _record(edit, name="closed_form_refinement"):
+    return next(r for r in edit.records if r.name == name)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +64,7 @@ def test_each_preset_runs_its_plan_stages_in_order_and_no_audit(pipe, method):
     plan = _plan(method)
     edit = _run(plan, pipe)
     assert [r.name for r in edit.records] == [s for s in METHOD_STAGES[method] if s != AUDIT]
-    assert bool(edit.weights) == ("closed_form_refinement" in plan.stage_names)
+    assert bool(edit.weights) == bool({"closed_form_refinement", "esd_finetune"} & set(plan.stage_names))
     assert (edit.lora is not None) == ("noise_alignment" in plan.stage_names)
     assert bool(edit.coverage) == ("mine_neighbors" in plan.stage_names)
 
@@ -93,9 +107,9 @@ def test_cache_reuses_every_stage_and_resumes_after_a_crash(pipe, tmp_path, monk
 
 
 def test_one_joint_solve_maps_every_concept_to_its_anchor_and_keeps_the_preserve(pipe):
-    plan = _plan("uce")
+    plan = _closed_form_plan()
     edit = _run(plan, pipe)
-    (record,) = edit.records
+    record = _record(edit)
     assert record.info["erase_residual"] < 0.5 * record.info["erase_residual_before"]
     projections = find_cross_attention_projections(pipe.unet)
     for entry in plan.erase:
@@ -120,8 +134,8 @@ def test_one_joint_solve_maps_every_concept_to_its_anchor_and_keeps_the_preserve
 def _stacked_least_squares(w, erase, preserve, lam):
     """argmin_W' sum a|W'e - W e*|^2 + sum b|W'p - W p|^2 + lam|W' - W|^2, as one stacked lstsq (float64)."""
     w = w.double()
-    e, e_star, a = erase["rows"].double(), erase["targets"].double(), erase["alpha"].double().sqrt()[:, None]
-    p, b = preserve["rows"].double(), preserve["beta"].double().sqrt()[:, None]
+    e, e_star, a = erase.rows.double(), erase.targets.double(), erase.alpha.double().sqrt()[:, None]
+    p, b = preserve.rows.double(), preserve.beta.double().sqrt()[:, None]
     eye = torch.eye(w.shape[1], dtype=torch.float64)
     inputs = torch.cat([a * e, b * p, lam ** 0.5 * eye])
     outputs = torch.cat([a * e_star @ w.T, b * p @ w.T, lam ** 0.5 * w.T])
@@ -129,16 +143,16 @@ def _stacked_least_squares(w, erase, preserve, lam):
 
 
 def test_two_concepts_are_solved_together_not_one_after_the_other(pipe):
-    plan = _plan("uce")
+    plan = _closed_form_plan()
     both = _run(plan, pipe)
-    first_plan = _plan("uce", erase=[{"concept": "mickey mouse", "anchor": "cartoon", "synonyms": ["mouse"]}])
+    first_plan = _closed_form_plan(erase=[{"concept": "mickey mouse", "anchor": "cartoon", "synonyms": ["mouse"]}])
     first = _run(first_plan, pipe)
-    assert both.records[0].info["erase_rows"] > first.records[0].info["erase_rows"]
+    assert _record(both).info["erase_rows"] > _record(first).info["erase_rows"]
 
     # The joint edit is the least-squares solution of the stacked system of both concepts...
-    encoder = engine._Encoder(plan, pipe, OPTIONS)
-    erase, preserve = encoder.erase_set(), encoder.preserve_set()
-    lam = float(plan.stage("closed_form_refinement").settings["lambda"])
+    erase = encode_erased(plan, pipe, OPTIONS.leak_padding)
+    preserve = encode_preserved(plan, pipe, OPTIONS.leak_padding, OPTIONS.regularizer_weight)
+    lam = plan.stage("closed_form_refinement").settings.lambda_
     projections = find_cross_attention_projections(pipe.unet, targets=("to_k", "to_v"))
     assert both.weights.keys() == {f"{name}.weight" for name in projections}
     joint = {}
@@ -148,9 +162,9 @@ def test_two_concepts_are_solved_together_not_one_after_the_other(pipe):
         assert (got - joint[name]).norm() / joint[name].norm() < 1e-5, name
 
     # ...and not the second concept solved on top of the first's edit.
-    second_plan = _plan("uce", erase=[{"concept": "red circle", "anchor": "blue circle"}])
+    second_plan = _closed_form_plan(erase=[{"concept": "red circle", "anchor": "blue circle"}])
     edited = copy.deepcopy(pipe)
-    engine.add_delta(edited.unet, first.weights)
+    add_delta(edited.unet, first.weights)
     second = _run(second_plan, edited)
     edited_projections = find_cross_attention_projections(edited.unet, targets=("to_k", "to_v"))
     for name, layer in edited_projections.items():
@@ -160,16 +174,16 @@ def test_two_concepts_are_solved_together_not_one_after_the_other(pipe):
 
 def test_save_load_apply_round_trip(pipe, tmp_path):
     edit = _run(_plan("realera"), pipe)
-    weights_dir = engine.save_edit(edit, tmp_path / "artifact")
-    assert (weights_dir / engine.DELTA_FILE).is_file()
+    weights_dir = save_edit(edit, tmp_path / "artifact")
+    assert (weights_dir / DELTA_FILE).is_file()
     assert (weights_dir / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    loaded = engine.load_edit(tmp_path / "artifact")
+    loaded = load_edit(tmp_path / "artifact")
     assert loaded.method == "realera" and loaded.plan_hash == edit.plan_hash
     assert [r.name for r in loaded.records] == [r.name for r in edit.records] and loaded.coverage == edit.coverage
     assert loaded.lora.keys() == edit.lora.keys()
 
-    in_memory = engine.apply_edit(copy.deepcopy(pipe), edit)
-    from_disk = engine.apply_edit(copy.deepcopy(pipe), tmp_path / "artifact")
+    in_memory = apply_edit(copy.deepcopy(pipe), edit)
+    from_disk = apply_edit(copy.deepcopy(pipe), tmp_path / "artifact")
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     cond = torch.randn(2, pipe.tokenizer.model_max_length, pipe.text_encoder.config.hidden_size,
                        generator=torch.Generator().manual_seed(1))
@@ -186,9 +200,9 @@ def test_save_load_apply_round_trip(pipe, tmp_path):
 
 
 def test_apply_refuses_an_edit_for_another_model(pipe):
-    edit = _run(_plan("uce"), pipe)
+    edit = _run(_closed_form_plan(), pipe)
     other = copy.deepcopy(pipe)
     key = next(iter(edit.weights))
     edit.weights[key] = torch.zeros(3, 3)
     with pytest.raises(ValueError, match="shape"):
-        engine.apply_edit(other, edit)
+        apply_edit(other, edit)

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from policykit.realera.mining import (encode_concept, encode_prompts, mine_beyond, mine_neighbors, phrase_distances,
-                                      sample_perturbations, stream_generator, tokens_within_radius)
+from policykit.realera.beyond import mine_beyond
+from policykit.realera.conflicts import phrase_distances, tokens_within_radius
+from policykit.realera.encoding import encode_concept, encode_prompts
+from policykit.realera.mining import mine_neighbors, sample_perturbations, stream_generator
 from policykit.realera.prompts import locate_concept
 
 TEMPLATES = ["a photo of {}", "{} in a forest"]

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from policykit.realera.closed_form import find_cross_attention_projections
-from policykit.realera.mining import encode_prompts
-from policykit.realera.noise_alignment import (AttentionRecorder, NoiseAlignmentConfig, NoiseAlignmentData,
-                                               NoiseAlignmentTrainer, NonFiniteLossError, generate_training_latents,
-                                               load_adapter, timestep_weights)
+from policykit.realera.encoding import encode_prompts
+from policykit.realera.edit import LORA_WEIGHT_NAME
+from policykit.realera.noise_alignment import (AttentionRecorder, NoiseAlignmentData, NoiseAlignmentTrainer,
+                                               NonFiniteLossError, generate_training_latents, timestep_weights)
+from policykit.realera.settings import NoiseAlignmentSettings
 
 
 def _data(pipe, n_latents=4):
@@ -24,16 +25,16 @@ def _data(pipe, n_latents=4):
 
 def _trainer(pipe, **config):
     unet = copy.deepcopy(pipe.unet)
-    settings = dict(rank=2, steps=12, learning_rate=3e-2, batch_size=2, seed=0, progress=False,
-                    attention_weight=1.0)
-    return NoiseAlignmentTrainer(unet, pipe.scheduler, _data(pipe), NoiseAlignmentConfig(**{**settings, **config}))
+    settings = dict(rank=2, steps=12, learning_rate=3e-2, batch_size=2, seed=0, attention_weight=1.0)
+    return NoiseAlignmentTrainer(unet, pipe.scheduler, _data(pipe), NoiseAlignmentSettings(**{**settings, **config}),
+                                 progress=False)
 
 
 def test_config_validates_itself():
     with pytest.raises(ValueError, match="target"):
-        NoiseAlignmentConfig(target="nope")
+        NoiseAlignmentSettings(target="nope")
     with pytest.raises(ValueError, match="rank"):
-        NoiseAlignmentConfig(rank=0)
+        NoiseAlignmentSettings(rank=0)
 
 
 @pytest.mark.parametrize("target", ["anchor", "negative_guidance"])
@@ -81,7 +82,8 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_pipe, tmp_path):
     path = trainer.save(tmp_path / "adapter")
     assert path.name == "pytorch_lora_weights.safetensors" and path.exists()
     fresh = copy.deepcopy(tiny_pipe.unet)
-    load_adapter(fresh, tmp_path / "adapter")
+    fresh.load_lora_adapter(str(tmp_path / "adapter"), prefix="unet", adapter_name="check",
+                            weight_name=LORA_WEIGHT_NAME)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     cond = trainer.data.preserve[:2]
     with torch.no_grad():
@@ -131,8 +133,8 @@ def test_training_latents_are_generated_once_and_cached(tiny_pipe, tmp_path):
 
 def test_half_precision_unet_trains_a_float32_adapter(tiny_pipe):
     unet = copy.deepcopy(tiny_pipe.unet).to(torch.bfloat16)
-    config = NoiseAlignmentConfig(rank=2, steps=3, learning_rate=1e-2, batch_size=2, progress=False)
-    trainer = NoiseAlignmentTrainer(unet, tiny_pipe.scheduler, _data(tiny_pipe), config)
+    config = NoiseAlignmentSettings(rank=2, steps=3, learning_rate=1e-2, batch_size=2)
+    trainer = NoiseAlignmentTrainer(unet, tiny_pipe.scheduler, _data(tiny_pipe), config, progress=False)
     report = trainer.train()
     assert all(torch.isfinite(torch.tensor(report.losses)))
     assert {p.dtype for p in trainer.parameters} == {torch.float32}

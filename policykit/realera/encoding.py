@@ -1,0 +1,315 @@
+"""What the plan's phrases encode to, under policykit's own position rules (:mod:`.prompts`).
+
+Every erased phrase (each concept, its synonyms and associated words: all of
+them are erased, so each has its own residue) is encoded at every template of
+its entry, its positions paired with the anchor prompt's
+(:func:`~policykit.realera.prompts.align_with_anchor`); the preserves, the
+anchors and the empty prompt are encoded at every erase entry's templates.
+The closed form reads the rows, noise alignment the full conditionings.
+
+The peer presets build their rows their own way (:mod:`.peer_rows`); this
+module serves the ``realera`` rules and the noise-alignment conditionings of
+every preset.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from policykit.realera.prompts import DEFAULT_LEAK_PADDING, AlignedPrompt, align_with_anchor, tokenize
+from policykit.realera.runner import TypedOutput
+
+if TYPE_CHECKING:
+    import torch
+
+#: Where mining perturbs a phrase: its input token embeddings or the text encoder's outputs.
+SPACES = ("token", "text")
+
+
+# ---------------------------------------------------------------- the text encoder
+
+@contextmanager
+def _token_embedding_offset(text_encoder, offset: "torch.Tensor"):
+    """Add ``offset`` ((B, L, d)) to the token embeddings for the passes inside the block.
+
+    CLIPTextModel in transformers 5.x takes no ``inputs_embeds``, so the offset
+    goes in through a forward hook on the input-embedding module.
+    """
+    module = text_encoder.get_input_embeddings()
+    handle = module.register_forward_hook(lambda _m, _i, out: out + offset.to(dtype=out.dtype, device=out.device))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def encode_ids(text_encoder, input_ids: "torch.Tensor", attention_mask: "torch.Tensor | None" = None,
+               token_offset: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """Text-encoder output ``(B, L, d)`` as the SD pipelines compute it (last hidden state).
+
+    The attention mask is passed only when the encoder's config asks for it,
+    as in ``StableDiffusionPipeline.encode_prompt``. ``token_offset`` is added
+    to the input token embeddings.
+    """
+    import torch
+
+    device = next(text_encoder.parameters()).device
+    mask = None
+    if attention_mask is not None and getattr(text_encoder.config, "use_attention_mask", False):
+        mask = attention_mask.to(device)
+    with torch.no_grad():
+        if token_offset is None:
+            return text_encoder(input_ids.to(device), attention_mask=mask)[0]
+        with _token_embedding_offset(text_encoder, token_offset):
+            return text_encoder(input_ids.to(device), attention_mask=mask)[0]
+
+
+def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], batch_size: int = 64) -> "torch.Tensor":
+    """Conditioning ``(len(prompts), L, d)`` in float32 on the encoder's device."""
+    import torch
+
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        batch = tokenize(tokenizer, prompts[i:i + batch_size])
+        out.append(encode_ids(text_encoder, batch.input_ids, batch.attention_mask).float())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------- encoded samples
+
+@dataclass
+class TemplateSamples:
+    """Samples around one concept at one template.
+
+    ``embeddings`` ``(n, P, d)``: encoder outputs at the concept positions;
+    ``anchors`` ``(P, d)``: the anchor prompt's outputs at the partner
+    positions (shared by all samples of the template); ``sequences``
+    ``(n, L, d)``: the full conditionings; ``anchor_sequence`` ``(L, d)``: the
+    anchor prompt's full conditioning; all float32.
+    """
+
+    aligned: AlignedPrompt
+    embeddings: "torch.Tensor"
+    anchors: "torch.Tensor"
+    sequences: "torch.Tensor"
+    anchor_sequence: "torch.Tensor"
+    relative_radius: "torch.Tensor"
+    cosine: "torch.Tensor"
+    drawn: int
+    shortfall: int
+
+
+@dataclass
+class MinedSamples:
+    """All templates' samples for one concept, in one space, for one radius range."""
+
+    space: str
+    low: float
+    high: float
+    templates: list[TemplateSamples] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """Accepted samples over all templates."""
+        return sum(t.embeddings.shape[0] for t in self.templates)
+
+    @property
+    def drawn(self) -> int:
+        """Candidates drawn over all templates."""
+        return sum(t.drawn for t in self.templates)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drawn (1.0 when nothing was drawn)."""
+        return self.count / self.drawn if self.drawn else 1.0
+
+    @property
+    def shortfall(self) -> int:
+        """Samples asked for but not found within the rejection rounds."""
+        return sum(t.shortfall for t in self.templates)
+
+    def erase_pairs(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        """``(embeddings, anchor targets)`` per template, both ``(n, P, d)``, for the closed form."""
+        for t in self.templates:
+            yield t.embeddings, t.anchors.expand_as(t.embeddings)
+
+    def conditioning_pairs(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """``(sequences, anchor sequences)``, both ``(count, L, d)``: erase inputs and targets for noise alignment."""
+        import torch
+
+        seqs = [t.sequences for t in self.templates]
+        anchors = [t.anchor_sequence.expand_as(t.sequences) for t in self.templates]
+        return torch.cat(seqs), torch.cat(anchors)
+
+    def embedding_rows(self) -> "torch.Tensor":
+        """Every sample's outputs at its concept positions as ``(rows, d)`` (preserve side of the closed form)."""
+        import torch
+
+        return torch.cat([t.embeddings.reshape(-1, t.embeddings.shape[-1]) for t in self.templates])
+
+
+def encode_concept(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *,
+                   leak_padding: int | None = DEFAULT_LEAK_PADDING) -> MinedSamples:
+    """The unperturbed concept (one sample per template, ``rho = 0``) in the same shape as mined samples.
+
+    Used for the concept itself and its synonyms (erase side, paired with the
+    anchor) and for explicit preserves (pass ``anchor=concept``: only
+    ``embeddings`` matter there), so later stages treat every source alike.
+    """
+    import torch
+
+    result = MinedSamples(space="none", low=0.0, high=0.0)
+    for template in templates:
+        aligned = align_with_anchor(tokenizer, template, concept, anchor, leak_padding)
+        ids = tokenize(tokenizer, [aligned.concept.prompt, aligned.anchor.prompt])
+        base = encode_ids(text_encoder, ids.input_ids, ids.attention_mask).float()
+        zero = torch.zeros(1, dtype=torch.float64)
+        result.templates.append(TemplateSamples(
+            aligned=aligned, embeddings=base[:1, list(aligned.concept_positions)],
+            anchors=base[1, list(aligned.anchor_positions)], sequences=base[:1], anchor_sequence=base[1],
+            relative_radius=zero,
+            cosine=torch.ones(1, dtype=torch.float64), drawn=0, shortfall=0))
+    return result
+
+
+# ---------------------------------------------------------------- the plan's phrases
+
+@dataclass(frozen=True)
+class ErasedPhrase:
+    """A phrase the plan erases, with its entry's anchor, templates, strength and neighbor settings."""
+
+    entry: int
+    phrase: str
+    anchor: str
+    templates: tuple[str, ...]
+    strength: float
+    neighbors: Any  # plan.ResolvedNeighbors
+
+
+def erased_phrases(plan) -> list[ErasedPhrase]:
+    """Every concept, synonym and associated word of the plan, in plan order (no repeats per entry)."""
+    out = []
+    for i, entry in enumerate(plan.erase):
+        seen = set()
+        for phrase in (entry.concept, *entry.synonyms, *entry.associated):
+            if phrase not in seen:
+                seen.add(phrase)
+                out.append(ErasedPhrase(i, phrase, entry.anchor, tuple(entry.templates), entry.strength,
+                                        entry.neighbors))
+    return out
+
+
+def preserve_templates(plan) -> list[str]:
+    """Templates the preserves are encoded at: every erase entry's, in first-seen order."""
+    return list(dict.fromkeys(t for entry in plan.erase for t in entry.templates))
+
+
+@dataclass
+class ErasePairs(TypedOutput):
+    """Erase rows paired with their anchor targets (closed form) and full conditionings (noise alignment).
+
+    ``rows``/``targets`` ``(n, d)`` with weights ``alpha``; ``sequences``/``sequence_targets``
+    ``(m, L, d)`` with weights ``sequence_alpha``; ``info``: key numbers for the log.
+    """
+
+    rows: "torch.Tensor"
+    targets: "torch.Tensor"
+    alpha: "torch.Tensor"
+    sequences: "torch.Tensor"
+    sequence_targets: "torch.Tensor"
+    sequence_alpha: "torch.Tensor"
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreserveRows(TypedOutput):
+    """Rows that must keep their projection, weights ``beta``, and their full conditionings.
+
+    ``null`` is the empty prompt's conditioning ``(L, d)`` when it is among them.
+    """
+
+    rows: "torch.Tensor"
+    beta: "torch.Tensor"
+    sequences: "torch.Tensor"
+    null: "torch.Tensor | None" = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class PairCollector:
+    """Accumulates :class:`MinedSamples` into :class:`ErasePairs`."""
+
+    def __init__(self, width: int, length: int):
+        self.width, self.length = width, length
+        self.rows, self.targets, self.alpha = [], [], []
+        self.seqs, self.seq_targets, self.seq_alpha = [], [], []
+
+    def add(self, samples, weight: float) -> None:
+        """Append the samples' closed-form pairs and noise-alignment conditionings, each weighing ``weight``."""
+        for e, e_star in samples.erase_pairs():
+            r = e.reshape(-1, e.shape[-1])
+            self.rows.append(r)
+            self.targets.append(e_star.reshape(-1, e_star.shape[-1]))
+            self.alpha += [weight] * r.shape[0]
+        if samples.count:
+            s, s_star = samples.conditioning_pairs()
+            self.seqs.append(s)
+            self.seq_targets.append(s_star)
+            self.seq_alpha += [weight] * s.shape[0]
+
+    def pairs(self, info: dict[str, Any] | None = None) -> ErasePairs:
+        """Everything added so far, stacked."""
+        import torch
+
+        d, seq = (self.width,), (self.length, self.width)
+        return ErasePairs(rows=stack(self.rows, d), targets=stack(self.targets, d),
+                          alpha=torch.tensor(self.alpha, dtype=torch.float32),
+                          sequences=stack(self.seqs, seq), sequence_targets=stack(self.seq_targets, seq),
+                          sequence_alpha=torch.tensor(self.seq_alpha, dtype=torch.float32), info=info or {})
+
+
+def stack(parts: list["torch.Tensor"], tail: tuple[int, ...]) -> "torch.Tensor":
+    """``torch.cat(parts)``, or an empty ``(0, *tail)`` tensor when there are none."""
+    import torch
+
+    return torch.cat(parts) if parts else torch.zeros(0, *tail)
+
+
+def text_shape(pipeline) -> tuple[int, int]:
+    """``(L, d)``: the tokenizer's maximum length and the text encoder's width."""
+    return int(pipeline.tokenizer.model_max_length), int(pipeline.text_encoder.config.hidden_size)
+
+
+def encode_erased(plan, pipeline, leak_padding: int | None) -> ErasePairs:
+    """Every erased phrase unperturbed at its templates, weighted by its concept's strength."""
+    length, width = text_shape(pipeline)
+    collector = PairCollector(width, length)
+    for p in erased_phrases(plan):
+        samples = encode_concept(pipeline.text_encoder, pipeline.tokenizer, p.templates, p.phrase, p.anchor,
+                                 leak_padding=leak_padding)
+        collector.add(samples, p.strength)
+    return collector.pairs()
+
+
+def encode_preserved(plan, pipeline, leak_padding: int | None, regularizer_weight: float) -> PreserveRows:
+    """Explicit preserves (their weight), the anchors and the empty prompt (``regularizer_weight``)."""
+    import torch
+
+    templates = preserve_templates(plan)
+    phrases = [(p.concept, p.weight) for p in plan.preserve]
+    phrases += [(a, regularizer_weight) for a in dict.fromkeys(e.anchor for e in plan.erase) if a.strip()]
+    rows, beta, seqs = [], [], []
+    for phrase, weight in phrases:
+        samples = encode_concept(pipeline.text_encoder, pipeline.tokenizer, templates, phrase, phrase,
+                                 leak_padding=leak_padding)
+        r = samples.embedding_rows()
+        rows.append(r)
+        beta += [weight] * r.shape[0]
+        seqs.append(torch.cat([t.sequences for t in samples.templates]))
+    empty = encode_concept(pipeline.text_encoder, pipeline.tokenizer, ["{}"], "", "", leak_padding=leak_padding)
+    rows.append(empty.embedding_rows())
+    beta += [regularizer_weight] * rows[-1].shape[0]
+    seqs.append(empty.templates[0].sequences)
+    return PreserveRows(rows=torch.cat(rows), beta=torch.tensor(beta, dtype=torch.float32),
+                        sequences=torch.cat(seqs), null=empty.templates[0].sequences[0])
