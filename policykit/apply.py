@@ -341,6 +341,11 @@ def apply_policy(policy_path: str | Path, *, plan_path: str | Path | None = None
 
     # -- the base model, resolved offline and checked against its pin
     model = decision.model or resolve_base_model(loaded, plan)
+    architecture = model.architecture()
+    if not architecture.supported:
+        message = (f"{model.ref} is {architecture.family} ({architecture.pipeline_class}), which policykit cannot "
+                   f"edit: {'; '.join(architecture.problems)}")
+        raise ApplyError(message, [Diagnostic("model-unsupported", message, *loaded.position(("base_model", "id")))])
     model_sha = model.sha256()
     pin_problem = check_pin(model, policy.base_model.sha256, *loaded.position(("base_model", "sha256")))
     if pin_problem is not None:
@@ -473,7 +478,8 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
                    "sha256": plan.inputs.policy_sha256, "file_sha256": file_sha256(staging / layout.POLICY),
                    "sources": [s.model_dump() for s in plan.inputs.sources]},
         "plan": {"hash": plan.plan_hash, "file_sha256": file_sha256(staging / layout.PLAN), "method": plan.method},
-        "base_model": {"id": model.ref, "revision": model.revision, "source": model.source, "sha256": model_sha},
+        "base_model": {"id": model.ref, "revision": model.revision, "source": model.source, "sha256": model_sha,
+                       "architecture": model.architecture().to_dict()},
         "engine": engine,
         "runtime": runtime,
         "toolkit": _library_versions(),

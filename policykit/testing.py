@@ -59,8 +59,12 @@ def build_text_encoder(tokenizer, hidden_size: int = 32, seed: int = 0):
     return CLIPTextModel(config).eval()
 
 
-def build_tiny_pipeline(pad_token: str = "<|endoftext|>", seed: int = 0):
-    """The whole tiny random StableDiffusionPipeline (latents 4 x 8 x 8, images 16 x 16)."""
+def build_tiny_pipeline(pad_token: str = "<|endoftext|>", seed: int = 0, prediction_type: str = "epsilon"):
+    """The whole tiny random StableDiffusionPipeline (latents 4 x 8 x 8, images 16 x 16).
+
+    The defaults are SD 1.x's structure; ``pad_token="!"`` with
+    ``prediction_type="v_prediction"`` is SD 2.x's (OpenCLIP padding, v-prediction).
+    """
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
@@ -82,7 +86,7 @@ def build_tiny_pipeline(pad_token: str = "<|endoftext|>", seed: int = 0):
     ).eval()
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                               beta_start=0.00085, beta_end=0.012,
-                              steps_offset=1, clip_sample=False)
+                              steps_offset=1, clip_sample=False, prediction_type=prediction_type)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

@@ -156,6 +156,12 @@ def ldm_key_map(pipe) -> dict[str, str]:
 
     Raises :class:`SingleFileUnsupported` naming any tensor the layout has no place for.
     """
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None and tokenizer.pad_token != tokenizer.eos_token:
+        # SD 2.x keeps its OpenCLIP text encoder as cond_stage_model.model.* (fused qkv, resblocks): writing it
+        # under SD 1.x's names would make a file no SD 2.x loader reads right
+        raise SingleFileUnsupported("this is an SD 2.x model (OpenCLIP tokenizer); its single-file layout "
+                                    "(cond_stage_model.model.*) is not written yet: export with --format diffusers")
     mapping: dict[str, str] = {}
     unplaced: list[str] = []
     for component, prefix, places in (("unet", UNET_PREFIX, _unet_places(pipe.unet)),

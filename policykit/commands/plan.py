@@ -96,7 +96,7 @@ def run(args) -> int:
     if status == "error":
         _report_failure([*diagnostics, *problems], fmt, texts)
         return EXIT_ERROR
-    if not {"closed_form_refinement", "noise_alignment"} & set(plan.stage_names):
+    if not {"closed_form_refinement", "noise_alignment", "mace_lora", "esd_finetune"} & set(plan.stage_names):
         file, line, col = loaded.position(("training",))
         diagnostics.append(Diagnostic("no-edit-stage", "every edit stage is disabled: apply would publish the "
                                       "base model unchanged", str(file), line, col, "warning"))
@@ -120,10 +120,12 @@ def run(args) -> int:
 
 
 MODEL_CHECK_SKIPPED = "model-check-skipped"
+MODEL_UNSUPPORTED = "model-unsupported"
 
 
 def model_check(loaded, graph, *, skip: bool = False) -> list[Diagnostic]:
-    """Conflicts only the base model can show: a preserve inside an erase radius
+    """What only the base model can show: an architecture policykit cannot edit (an error,
+    ``model-unsupported``), and a preserve inside an erase radius
     (:mod:`policykit.realera.conflicts`), added to ``graph`` as warnings.
 
     Loads only the tokenizer and text encoder, and only when the model is on
@@ -141,6 +143,10 @@ def model_check(loaded, graph, *, skip: bool = False) -> list[Diagnostic]:
     except ModelNotAvailable as missing:
         return [Diagnostic(MODEL_CHECK_SKIPPED, f"model check skipped: {missing.reason} (preserves inside an erase "
                            "radius are not checked; --no-model silences this)", str(file), line, col, "note")]
+    architecture = model.architecture()
+    if not architecture.supported:
+        return [Diagnostic(MODEL_UNSUPPORTED, f"{model.ref} is {architecture.family} ({architecture.pipeline_class}), "
+                           f"which policykit cannot edit: {'; '.join(architecture.problems)}", str(file), line, col)]
     try:
         from policykit.plan import compile_plan
         from policykit.realera.conflicts import find_conflicts, load_text_model

@@ -65,6 +65,12 @@ class ResolvedModel:
                 found.append(relative.as_posix())
         return tuple(sorted(found))
 
+    def architecture(self):
+        """The Stable Diffusion architecture its configs describe (:mod:`policykit.models.architecture`)."""
+        from policykit.models.architecture import detect_architecture
+
+        return detect_architecture(self.path)
+
     def sha256(self) -> str:
         """The pin of this model: sha256 over its files (see :func:`policykit.models.model_sha256`)."""
         from policykit.models.pin import model_sha256

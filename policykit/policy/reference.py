@@ -200,7 +200,27 @@ CHECK_CODES = {
     "unknown-concept": "builtin:shapes: a concept, preserve or probe concept that means no colour and shape of "
                        "its world, so its audit cannot judge it (a warning when the audit is off)",
     "internal-error": "a bug in a check; please report it",
+    "model-unsupported": "`plan` and `apply`, with the base model on the machine: an architecture policykit "
+                         "cannot edit (see Supported models)",
 }
+
+_MODELS = """\
+## Supported models
+
+`plan` (with the model on the machine) and `apply` read the base model's configs and refuse, with a
+`model-unsupported` error at `base_model.id`, what policykit cannot edit, before any work is done.
+The architecture found is recorded in the artifact's manifest (`base_model.architecture`).
+
+| architecture | how it is recognised | presets | export |
+|---|---|---|---|
+| SD 1.x, and builtin:shapes | `StableDiffusionPipeline`, CLIP tokenizer padding with its end-of-text token | all | diffusers, single-file |
+| SD 2.x (epsilon or v-prediction) | `StableDiffusionPipeline`, OpenCLIP tokenizer (pads with `!`) | all | diffusers (single-file refused: its OpenCLIP layout is not written yet) |
+| SDXL | `StableDiffusionXLPipeline` | refused at plan time (two text encoders and added conditions are not implemented yet) | - |
+| anything else | any other pipeline class, or a U-Net with added conditions | refused | - |
+
+On CUDA the model runs in bfloat16 (float16 where bf16 is missing), the closed form solves in float64
+and the LoRA trains in float32; on the CPU everything is float32.
+"""
 
 _FORMAT = """\
 ## Canonical formatting: `policykit fmt`
@@ -268,12 +288,13 @@ def render_reference() -> str:
         parts.append(f"- [{_title(paths)}](#{_anchor(model)})")
     parts += ["- [`extends`: composing policies](#extends-composing-policies)",
               "- [Limits and safety](#limits-and-safety)",
+              "- [Supported models](#supported-models)",
               "- [Diagnostic codes](#diagnostic-codes)",
               "- [Canonical formatting: `policykit fmt`](#canonical-formatting-policykit-fmt)",
               "- [Editor setup](#editor-setup)", ""]
     for model, paths in sections:
         parts.append(_section(model, paths, schema))
-    parts += [_EXTENDS, _LIMITS, _codes(), _FORMAT, _EDITOR]
+    parts += [_EXTENDS, _LIMITS, _MODELS, _codes(), _FORMAT, _EDITOR]
     return "\n".join(parts).rstrip("\n") + "\n"
 
 

@@ -1,0 +1,130 @@
+"""Architectures: what a model directory is, found from its configs at plan time; SD 2.x (OpenCLIP padding,
+v-prediction) applied end to end on a tiny pipeline; SDXL and other pipelines refused before any work."""
+
+import json
+
+import pytest
+
+from policykit.models.architecture import detect_architecture
+from policykit.testing import HalfBright
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(tmp_path_factory):
+    """A tiny random SD 2.x-style pipeline: OpenCLIP padding (``!``, id 0) and v-prediction."""
+    import torch
+
+    from policykit.testing import build_tiny_pipeline
+
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("tiny-sd2")
+    build_tiny_pipeline(pad_token="!", prediction_type="v_prediction").save_pretrained(path)
+    return path
+
+
+def _sdxl_dir(tmp_path):
+    """An SDXL-shaped directory: only what detection reads (model_index and configs)."""
+    (tmp_path / "unet").mkdir(parents=True)
+    (tmp_path / "scheduler").mkdir()
+    for name, width in (("text_encoder", 768), ("text_encoder_2", 1280)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"hidden_size": width}))
+    (tmp_path / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionXLPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "unet": ["diffusers", "UNet2DConditionModel"]}))
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({
+        "cross_attention_dim": 2048, "addition_embed_type": "text_time", "sample_size": 128}))
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "epsilon"}))
+    return tmp_path
+
+
+def test_sd1_sd2_and_the_builtin_world_are_recognised(tiny_model, tiny_sd2):
+    from policykit.models import resolve_model
+
+    sd1, sd2 = detect_architecture(tiny_model), detect_architecture(tiny_sd2)
+    assert (sd1.family, sd1.prediction_type, sd1.supported) == ("sd1", "epsilon", True)
+    assert (sd2.family, sd2.prediction_type, sd2.supported) == ("sd2", "v_prediction", True)
+    assert sd1.cross_attention_dim == sd1.text_encoder_widths[0] == 32 and sd1.resolution == 16
+    shapes = resolve_model("builtin:shapes").architecture()
+    assert shapes.family == "sd1" and shapes.supported and shapes.resolution == 32
+
+
+def test_sdxl_and_unknown_pipelines_are_refused_with_the_reason(tmp_path):
+    sdxl = detect_architecture(_sdxl_dir(tmp_path / "xl"))
+    assert sdxl.family == "sdxl" and not sdxl.supported and "SDXL is not supported yet" in sdxl.problems[0]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    assert "KandinskyPipeline is not a pipeline policykit edits" in detect_architecture(other).problems[0]
+
+
+def test_a_text_encoder_narrower_than_the_cross_attention_is_a_problem(tmp_path, tiny_model):
+    import shutil
+
+    copy = tmp_path / "mismatch"
+    shutil.copytree(tiny_model, copy)
+    config = json.loads((copy / "unet" / "config.json").read_text())
+    (copy / "unet" / "config.json").write_text(json.dumps({**config, "cross_attention_dim": 64}))
+    problems = detect_architecture(copy).problems
+    assert problems and "32 wide but the U-Net's cross-attention reads 64" in problems[0]
+
+
+POLICY = """\
+apiVersion: policykit/v1alpha1
+kind: ErasurePolicy
+metadata: {{name: arch, version: 1.0.0}}
+base_model: {{id: {model}}}
+defaults:
+  neighbors: {{radius: 0.2, samples: 2}}
+  templates: ["a photo of {{}}"]
+erase:
+  - concept: red circle
+    anchor: blue circle
+preserve:
+  - concept: cat
+training:
+  method: {method}
+  lora: {{steps: 2, batch_size: 2, rank: 2}}
+audit:
+  samples_per_prompt: 1
+  guidance_scales: [4.0]
+  thresholds: {{max_efficacy_accuracy: 1.0, max_generality_accuracy: 1.0, min_specificity_accuracy: 0.0}}
+output: {{dir: artifacts}}
+"""
+
+
+def test_plan_reports_an_unsupported_model_as_an_error_before_any_run(tmp_path, capsys):
+    from policykit.cli import main
+
+    policy = tmp_path / "xl.yaml"
+    policy.write_text(POLICY.format(model=_sdxl_dir(tmp_path / "xl"), method="uce"))
+    assert main(["plan", str(policy), "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    (diagnostic,) = [d for d in doc["diagnostics"] if d["code"] == "model-unsupported"]
+    assert "sdxl" in diagnostic["message"] and diagnostic["line"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["uce", "realera"])
+def test_sd2_applies_end_to_end_and_loads_as_an_sd_pipeline(tmp_path, monkeypatch, tiny_sd2, method):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from policykit.apply import apply_policy
+    from policykit.artifact.load import load_pipeline
+    from policykit.artifact.single_file import SingleFileUnsupported, export_single_file
+
+    monkeypatch.chdir(tmp_path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(model=tiny_sd2, method=method))
+    outcome = apply_policy(policy, classifier=HalfBright())
+    manifest = json.loads((outcome.path / "manifest.json").read_text())
+    assert manifest["base_model"]["architecture"]["family"] == "sd2"
+    assert manifest["base_model"]["architecture"]["prediction_type"] == "v_prediction"
+    edited = load_pipeline(outcome.path, allow_unsigned=True)
+    base = StableDiffusionPipeline.from_pretrained(tiny_sd2, local_files_only=True)
+    assert type(edited) is StableDiffusionPipeline and edited.scheduler.config.prediction_type == "v_prediction"
+    changed = {k for k, v in edited.unet.state_dict().items() if not torch.equal(v, base.unet.state_dict()[k])}
+    assert changed and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in changed)
+    with pytest.raises(SingleFileUnsupported, match="SD 2.x"):
+        export_single_file(outcome.path, tmp_path / "out.safetensors", allow_unsigned=True)
