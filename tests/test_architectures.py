@@ -112,7 +112,7 @@ def test_sd2_applies_end_to_end_and_loads_as_an_sd_pipeline(tmp_path, monkeypatc
 
     from policykit.apply import apply_policy
     from policykit.artifact.load import load_pipeline
-    from policykit.artifact.single_file import SingleFileUnsupported, export_single_file
+    from policykit.artifact.single_file import export_single_file
 
     monkeypatch.chdir(tmp_path)
     policy = tmp_path / "policy.yaml"
@@ -126,5 +126,20 @@ def test_sd2_applies_end_to_end_and_loads_as_an_sd_pipeline(tmp_path, monkeypatc
     assert type(edited) is StableDiffusionPipeline and edited.scheduler.config.prediction_type == "v_prediction"
     changed = {k for k, v in edited.unet.state_dict().items() if not torch.equal(v, base.unet.state_dict()[k])}
     assert changed and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in changed)
-    with pytest.raises(SingleFileUnsupported, match="SD 2.x"):
-        export_single_file(outcome.path, tmp_path / "out.safetensors", allow_unsigned=True)
+    # the single file is in SD 2.x's layout (OpenCLIP text encoder) and stock diffusers reads it back
+    out = export_single_file(outcome.path, tmp_path / "out.safetensors", allow_unsigned=True)
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as handle:
+        keys = set(handle.keys())
+    assert "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert not any(k.startswith("cond_stage_model.transformer.") for k in keys)
+    loaded = StableDiffusionPipeline.from_single_file(str(out), config=str(tiny_sd2), local_files_only=True)
+    ids = edited.tokenizer(["a photo of red circle", "a cat"], padding="max_length", return_tensors="pt").input_ids
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        text = edited.text_encoder(ids)[0]
+        assert torch.allclose(loaded.text_encoder(ids)[0], text, atol=1e-5)
+        want = edited.unet(latents, 500, encoder_hidden_states=text).sample
+        assert torch.allclose(loaded.unet(latents, 500, encoder_hidden_states=text).sample, want, atol=1e-5)
+    assert loaded.scheduler.config.prediction_type == "v_prediction"

@@ -10,7 +10,13 @@ into that layout:
 - VAE    -> ``first_stage_model.*`` (``encoder.down.N.block.M`` ..., the
   decoder's ``up`` blocks counted from the lowest resolution, attention
   projections as 1x1 convolutions),
-- CLIP   -> ``cond_stage_model.transformer.text_model.*`` (SD 1.x).
+- CLIP   -> ``cond_stage_model.transformer.text_model.*`` (SD 1.x), or, for
+  SD 2.x's OpenCLIP text encoder (recognised by its tokenizer, which pads
+  with ``!`` rather than its end-of-text token),
+  ``cond_stage_model.model.*``: ``token_embedding``, ``positional_embedding``,
+  ``transformer.resblocks.N`` (``ln_1``, ``attn.in_proj_weight`` / ``_bias``
+  with query, key and value stacked in that order, ``attn.out_proj``,
+  ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``) and ``ln_final``.
 
 The numbering is derived from the model's own modules, not from SD 1.5's
 fixed counts, so small or non-standard U-Nets (``builtin:shapes``) convert too.
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_ENCODER_PREFIX = "cond_stage_model.transformer."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
 # Module renames inside one residual block: diffusers name -> LDM name.
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -151,17 +158,58 @@ def _text_encoder_key(key: str) -> str:
     return key if key.startswith("text_model.") else f"text_model.{key}"
 
 
+def is_open_clip(pipe) -> bool:
+    """True for SD 2.x's OpenCLIP text encoder: its tokenizer pads with another token than end-of-text."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    return tokenizer is not None and tokenizer.pad_token != tokenizer.eos_token
+
+
+_OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+                    "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+_OPEN_CLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
+                  "embeddings.position_embedding.weight": "positional_embedding",
+                  "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+
+
+def open_clip_state_dict(text_encoder) -> dict[str, "torch.Tensor"]:
+    """A ``CLIPTextModel``'s tensors in SD 2.x's OpenCLIP layout (``cond_stage_model.model.*``).
+
+    Query, key and value projections are stacked into ``attn.in_proj_weight`` / ``in_proj_bias`` (in that
+    order); buffers such as ``position_ids`` have no place there and are left out. Raises
+    :class:`SingleFileUnsupported` for any other tensor.
+    """
+    import torch
+
+    state = {k[len("text_model."):] if k.startswith("text_model.") else k: v.detach()
+             for k, v in text_encoder.state_dict().items()}
+    out: dict[str, "torch.Tensor"] = {}
+    placed = set()
+    for key, tensor in state.items():
+        if key in _OPEN_CLIP_TOP:
+            out[OPEN_CLIP_PREFIX + _OPEN_CLIP_TOP[key]] = tensor
+            placed.add(key)
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
+    for i in layers:
+        source, target = f"encoder.layers.{i}.", f"{OPEN_CLIP_PREFIX}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            parts = [f"{source}self_attn.{p}_proj.{kind}" for p in ("q", "k", "v")]
+            out[f"{target}attn.in_proj_{kind}"] = torch.cat([state[p] for p in parts])
+            placed.update(parts)
+            for ours, theirs in _OPEN_CLIP_LAYER.items():
+                out[f"{target}{theirs}.{kind}"] = state[f"{source}{ours}.{kind}"]
+                placed.add(f"{source}{ours}.{kind}")
+    unplaced = [k for k in state if k not in placed and not k.endswith("position_ids")]
+    if unplaced:
+        raise SingleFileUnsupported(f"the OpenCLIP layout has no place for text_encoder.{unplaced[0]}; "
+                                    "export with --format diffusers instead")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
 def ldm_key_map(pipe) -> dict[str, str]:
     """Where each tensor goes: ``"unet.KEY"`` / ``"vae.KEY"`` / ``"text_encoder.KEY"`` -> LDM key.
 
     Raises :class:`SingleFileUnsupported` naming any tensor the layout has no place for.
     """
-    tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is not None and tokenizer.pad_token != tokenizer.eos_token:
-        # SD 2.x keeps its OpenCLIP text encoder as cond_stage_model.model.* (fused qkv, resblocks): writing it
-        # under SD 1.x's names would make a file no SD 2.x loader reads right
-        raise SingleFileUnsupported("this is an SD 2.x model (OpenCLIP tokenizer); its single-file layout "
-                                    "(cond_stage_model.model.*) is not written yet: export with --format diffusers")
     mapping: dict[str, str] = {}
     unplaced: list[str] = []
     for component, prefix, places in (("unet", UNET_PREFIX, _unet_places(pipe.unet)),
@@ -172,8 +220,9 @@ def ldm_key_map(pipe) -> dict[str, str]:
                 unplaced.append(f"{component}.{key}")
             else:
                 mapping[f"{component}.{key}"] = prefix + ldm
-    for key in pipe.text_encoder.state_dict():
-        mapping[f"text_encoder.{key}"] = TEXT_ENCODER_PREFIX + _text_encoder_key(key)
+    if not is_open_clip(pipe):
+        for key in pipe.text_encoder.state_dict():
+            mapping[f"text_encoder.{key}"] = TEXT_ENCODER_PREFIX + _text_encoder_key(key)
     if unplaced:
         shown = ", ".join(unplaced[:5]) + (f" and {len(unplaced) - 5} more" if len(unplaced) > 5 else "")
         raise SingleFileUnsupported(f"the original Stable Diffusion checkpoint layout has no place for {shown}; "
@@ -189,8 +238,8 @@ def diffusers_to_ldm_state_dict(pipe) -> dict[str, "torch.Tensor"]:
     convolutions; every other tensor keeps its shape.
     """
     mapping = ldm_key_map(pipe)
-    out: dict[str, "torch.Tensor"] = {}
-    for component in ("unet", "vae", "text_encoder"):
+    out: dict[str, "torch.Tensor"] = open_clip_state_dict(pipe.text_encoder) if is_open_clip(pipe) else {}
+    for component in ("unet", "vae") if is_open_clip(pipe) else ("unet", "vae", "text_encoder"):
         for key, tensor in getattr(pipe, component).state_dict().items():
             ldm = mapping[f"{component}.{key}"]
             if ldm in out:  # two places onto one name would silently lose a tensor

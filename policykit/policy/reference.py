@@ -214,7 +214,7 @@ The architecture found is recorded in the artifact's manifest (`base_model.archi
 | architecture | how it is recognised | presets | export |
 |---|---|---|---|
 | SD 1.x, and builtin:shapes | `StableDiffusionPipeline`, CLIP tokenizer padding with its end-of-text token | all | diffusers, single-file |
-| SD 2.x (epsilon or v-prediction) | `StableDiffusionPipeline`, OpenCLIP tokenizer (pads with `!`) | all | diffusers (single-file refused: its OpenCLIP layout is not written yet) |
+| SD 2.x (epsilon or v-prediction) | `StableDiffusionPipeline`, OpenCLIP tokenizer (pads with `!`) | all | diffusers, single-file (OpenCLIP layout, `cond_stage_model.model.*`) |
 | SDXL | `StableDiffusionXLPipeline` | refused at plan time (two text encoders and added conditions are not implemented yet) | - |
 | anything else | any other pipeline class, or a U-Net with added conditions | refused | - |
 
