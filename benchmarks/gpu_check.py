@@ -1,4 +1,4 @@
-"""Time every RealEra stage on Stable-Diffusion-1.5-sized components with random weights.
+"""Time every RealEra stage on Stable-Diffusion-sized components (SD 1.5 or SD 2.1) with random weights.
 
 Nothing is downloaded: the U-Net has SD 1.5's config, the text encoder is a
 CLIP ViT-L/14 text tower, the VAE is SD's AutoencoderKL, all randomly
@@ -10,6 +10,10 @@ stage is the cost on the real model.
     python benchmarks/gpu_check.py                 # CPU, reduced size (--size small)
     python benchmarks/gpu_check.py --size full     # 512 px, SD 1.5 widths (a GPU)
     python benchmarks/gpu_check.py --size full --concepts 10 --marginal
+    python benchmarks/gpu_check.py --arch sd21 --size full   # SD 2.1: OpenCLIP-H text, v-prediction, 768 px
+
+``--arch sdxl`` is refused: policykit does not edit SDXL yet (docs/policy-reference.md, "Supported
+models").
 
 Prints one table: each stage's seconds, its seconds per concept and its key
 numbers, then a 25-step generation of one image (what apply's audit pays per
@@ -56,36 +60,62 @@ SIZES = {
 }
 
 
-def build_tokenizer():
-    """A CLIP BPE tokenizer over letters plus :data:`WORDS` (77 tokens, SD 1.x padding)."""
+#: SD 2.1 (stabilityai/stable-diffusion-2-1 configs), written out: OpenCLIP ViT-H text tower (23 layers as
+#: diffusers keeps it), 1024-wide cross-attention with linear projections, v-prediction, 768 px.
+SD21_SIZES = {
+    "full": dict(image=768, text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                                      num_attention_heads=16),
+                 unet=dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                           attention_head_dim=(5, 10, 20, 20), norm_num_groups=32),
+                 vae=SIZES["full"]["vae"]),
+    "small": dict(image=128, text=dict(hidden_size=1024, intermediate_size=1024, num_hidden_layers=2,
+                                       num_attention_heads=16),
+                  unet=dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, attention_head_dim=(2, 4, 4, 4),
+                            norm_num_groups=16),
+                  vae=SIZES["small"]["vae"]),
+}
+ARCHES = ("sd15", "sd21", "sdxl")
+
+
+def spec_for(arch: str, size: str) -> dict:
+    """The component sizes of ``arch`` at ``size``."""
+    return (SD21_SIZES if arch == "sd21" else SIZES)[size]
+
+
+def build_tokenizer(arch: str = "sd15"):
+    """A CLIP BPE tokenizer over letters plus :data:`WORDS` (77 tokens): SD 1.x padding, or SD 2.x's ``!``."""
     from policykit.testing import build_clip_tokenizer
 
-    return build_clip_tokenizer(max_length=77, words=WORDS)
+    return build_clip_tokenizer(pad_token="!" if arch == "sd21" else "<|endoftext|>", max_length=77, words=WORDS)
 
 
-def build_pipeline(size: str, seed: int = 0):
-    """A StableDiffusionPipeline of random SD-1.5-shaped components (float32, CPU)."""
+def build_pipeline(size: str, seed: int = 0, arch: str = "sd15"):
+    """A StableDiffusionPipeline of random SD-1.5- or SD-2.1-shaped components (float32, CPU)."""
     import torch
     from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    spec = SIZES[size]
-    tokenizer = build_tokenizer()
+    spec = spec_for(arch, size)
+    sd21 = arch == "sd21"
+    tokenizer = build_tokenizer(arch)
+    width = spec["text"]["hidden_size"]
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=49408, max_position_embeddings=77, hidden_act="gelu" if sd21 else "quick_gelu",
+        projection_dim=width, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **spec["text"])).eval()
     unet = UNet2DConditionModel(
-        sample_size=spec["image"] // 8, in_channels=4, out_channels=4, cross_attention_dim=768,
+        sample_size=spec["image"] // 8, in_channels=4, out_channels=4, cross_attention_dim=width,
+        use_linear_projection=sd21,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **spec["unet"]).eval()
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=spec["image"],
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, **spec["vae"]).eval()
     scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                            beta_schedule="scaled_linear", steps_offset=1)
+                                            beta_schedule="scaled_linear", steps_offset=1,
+                                            prediction_type="v_prediction" if sd21 else "epsilon")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -149,6 +179,7 @@ def stage_rows(edit, concepts: int, baseline=None) -> list[list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """Build, run every stage once, print the table (and write it on a GPU)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=ARCHES, default="sd15", help="model architecture (default: sd15)")
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     parser.add_argument("--concepts", type=int, default=1)
@@ -167,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concepts must be >= 1")
     if args.marginal and args.concepts < 2:
         parser.error("--marginal needs --concepts N with N >= 2")
+    if args.arch == "sdxl":
+        print("gpu_check: SDXL is not supported by policykit yet (two text encoders and added conditions are not "
+              "implemented); nothing to measure", file=sys.stderr)
+        return 2
 
     import torch
 
@@ -178,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    pipe = build_pipeline(args.size)
+    pipe = build_pipeline(args.size, arch=args.arch)
     build_seconds = time.perf_counter() - started
     device, dtype = pick_device(args.device)
     params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
-    summary = (f"size {args.size} ({SIZES[args.size]['image']} px, U-Net {params:.0f}M parameters), "
+    summary = (f"{args.arch}, size {args.size} ({spec_for(args.arch, args.size)['image']} px, U-Net "
+               f"{params:.0f}M parameters), "
                f"{device.type} {str(dtype).replace('torch.', '')} ({card}), {args.concepts} concept(s), "
                f"method {args.method}, NA steps {args.steps}, {args.samples} neighbors per template, "
                f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -203,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(["apply edit", f"{time.perf_counter() - started:.2f}", *blank, f"{len(edit.weights)} projections"])
     started = time.perf_counter()
     with torch.no_grad():
+        size = spec_for(args.arch, args.size)["image"]
         edited("a photo of a cat", num_inference_steps=25, generator=torch.Generator("cpu").manual_seed(0),
-               output_type="np")
+               output_type="np", height=size, width=size)
     if device.type == "cuda":
         torch.cuda.synchronize()
     rows.append(["generate 1 image, 25 steps", f"{time.perf_counter() - started:.2f}", *blank,
@@ -220,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(peak.capitalize() + ".")
     if args.write or (device.type == "cuda" and not args.no_write):
         table = markdown_table(headers, rows, "l" + "r" * (len(headers) - 2) + "l")
-        path = write_section("gpu_check", "\n\n".join([header(argv), table, *notes]))
-        print(f"wrote section `gpu_check` of {path.relative_to(Path(__file__).resolve().parents[1])}")
+        section = "gpu_check" if args.arch == "sd15" else f"gpu_check_{args.arch}"
+        path = write_section(section, "\n\n".join([header(argv), table, *notes]))
+        print(f"wrote section `{section}` of {path.relative_to(Path(__file__).resolve().parents[1])}")
     return 0
 
 
