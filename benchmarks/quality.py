@@ -21,8 +21,8 @@ erased by every method directly; the held-out ones show whether the edit
 erased a region or only a list, and what it cost elsewhere.
 
 One result per (task, method, settings, engine version) is stored under
-``--results`` (default ``.policykit-cache/bench-quality``) as soon as it is
-measured, so an interrupted run resumes where it stopped; ``--fresh`` measures
+``--results`` (default ``benchmarks/results/quality``, committed with the
+code) as soon as it is measured, so an interrupted run resumes where it stopped; ``--fresh`` measures
 again. Each result records the engine version and the git commit it was
 measured at; results of another engine version are never reused or shown, and
 the report names the commits its results come from. The
@@ -64,6 +64,9 @@ BUDGET = {"steps": 400, "learning_rate": 1e-3}
 BUDGET_TASKS = ("pair", "shape", "set-5")
 BUDGET_METHODS = ("esd", "mace", "realera-no-bcr", "realera")
 BUILD_VERSION = 2  # bump when the way a result is measured changes (part of every result key)
+#: Stored results live in the repository, so a later run (another machine, another session) resumes
+#: them; the base images under ``base-images/`` are drawn again from their seeds and not committed.
+RESULTS = ROOT / "benchmarks" / "results" / "quality"
 
 
 @dataclass(frozen=True)
@@ -474,19 +477,27 @@ MAIN_HEADERS = ["task", "method", "Acc_e", "Acc_g", "held-out", "neighbours", "A
 
 
 def summary_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict], samples: int) -> list[list[str]]:
-    """Per method: mean H_o over the tasks measured for every method, and tasks where it is best."""
-    names = [t.name for t in task_list if all(Unit(t.name, m, samples_per_prompt=samples) in done
-                                              for m in ["base", *methods])]
+    """Per method: the tasks it was measured on, its mean H_o over them, its mean H_o over the tasks every
+    method was measured on (the one fair comparison when some were not run everywhere), where it is best."""
+    def record(task: str, method: str):
+        return done.get(Unit(task, method, samples_per_prompt=samples))
+
+    common = [t.name for t in task_list if all(record(t.name, m) for m in ["base", *methods])]
     rows = []
     for method in ["base", *methods]:
-        values = [done[Unit(t, method, samples_per_prompt=samples)]["metrics"]["h_o"] for t in names]
-        best = [t for t in names if done[Unit(t, method, samples_per_prompt=samples)]["metrics"]["h_o"]
-                >= max(done[Unit(t, m, samples_per_prompt=samples)]["metrics"]["h_o"] for m in methods) - 1e-9
-                and method != "base"]
-        seconds = [done[Unit(t, method, samples_per_prompt=samples)]["edit_seconds"] for t in names]
-        rows.append([method, _pct(sum(values) / len(values)) if values else "n/a",
-                     ", ".join(best) or "-", "-" if method == "base" else _seconds(sum(seconds) / max(len(seconds), 1))])
+        own = [t.name for t in task_list if record(t.name, method)]
+        values = [record(t, method)["metrics"]["h_o"] for t in own]
+        shared = [record(t, method)["metrics"]["h_o"] for t in common]
+        best = [t for t in own if method != "base" and record(t, method)["metrics"]["h_o"]
+                >= max(record(t, m)["metrics"]["h_o"] for m in methods if record(t, m)) - 1e-9]
+        seconds = [record(t, method)["edit_seconds"] for t in own]
+        rows.append([method, str(len(own)), _pct(sum(values) / len(values)) if values else "n/a",
+                     _pct(sum(shared) / len(shared)) if shared else "n/a", ", ".join(best) or "-",
+                     "-" if method == "base" else _seconds(sum(seconds) / max(len(seconds), 1))])
     return rows
+
+
+SUMMARY_HEADERS = ["method", "tasks", "mean H_o", "mean H_o, tasks all ran", "best H_o on", "mean edit s"]
 
 
 def sweep_units(task: str, samples: int) -> list[Unit]:
@@ -566,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8, help="images per audit prompt (default: 8)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
-    parser.add_argument("--results", type=Path, default=ROOT / ".policykit-cache" / "bench-quality")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where results are stored (default: benchmarks/results/quality, committed)")
     parser.add_argument("--fresh", action="store_true", help="measure again even where a result is stored")
     parser.add_argument("--report-only", action="store_true", help="only print and write what is stored")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
@@ -610,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summary_rows(task_list, methods, done, args.samples)
     print(text_table(MAIN_HEADERS, rows))
     print()
-    print(text_table(["method", "mean H_o", "best H_o on", "mean edit s"], summary))
+    print(text_table(SUMMARY_HEADERS, summary))
     space_rows = []
     if args.space_check:
         for t in task_list:
@@ -669,8 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         "mined neighbours drawn from a stream the edit never sees), Acc_s preserved concepts drawn correctly "
         "(`held-out`: concepts the policy does not name).",
         markdown_table(MAIN_HEADERS, rows, align="ll" + "r" * (len(MAIN_HEADERS) - 2)),
-        "Per method over the tasks every method finished:",
-        markdown_table(["method", "mean H_o", "best H_o on", "mean edit s"], summary, align="lrlr"),
+        "Per method: mean H_o over the tasks it was measured on, and over the tasks every method was measured "
+        "on (`best H_o on`: tasks where it ties or beats every method measured there):",
+        markdown_table(SUMMARY_HEADERS, summary, align="lrrrlr"),
     ]
     if space_rows:
         parts += ["Mining space, realera (Acc_e / Acc_g / Acc_s / H_o):",

@@ -9,10 +9,11 @@ stored beside it as ``<version>.sig``. It can be checked without policykit::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from policykit.hashing import sha256_hex
 
 
 class SignatureError(ValueError):
@@ -66,7 +67,7 @@ def public_key_fingerprint(key_path: str | Path) -> str:
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"{key_path}: not a PEM key: {exc}") from None
     der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+    return "sha256:" + sha256_hex(der)
 
 
 def _hashing_config():

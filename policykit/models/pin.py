@@ -7,20 +7,17 @@ or the order the file system lists files.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterable
 
 from policykit.diagnostics import Diagnostic
-from policykit.hashing import file_sha256
+from policykit.hashing import file_sha256, sha256_hex
 
 def model_sha256(root: str | Path, files: Iterable[str]) -> str:
     """The pin: sha256 over ``"<relative path>\\0<file sha256>\\n"`` for each file, in sorted order."""
     root = Path(root)
-    digest = hashlib.sha256()
-    for relative in sorted(files):
-        digest.update(f"{relative}\0{file_sha256(root / relative)}\n".encode("utf-8"))
-    return digest.hexdigest()
+    lines = "".join(f"{relative}\0{file_sha256(root / relative)}\n" for relative in sorted(files))
+    return sha256_hex(lines.encode("utf-8"))
 
 
 def check_pin(model, expected: str | None, file: str = "<input>", line: int = 0, col: int = 0) -> Diagnostic | None:
