@@ -33,7 +33,8 @@ def main() -> int:
     import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion  # noqa: F401
     import transformers.models.clip.modeling_clip  # noqa: F401
 
-    from policykit.shapes.sampling import load_pipeline, sample_images
+    from policykit.models.loading import load_pipeline
+    from policykit.shapes.sampling import MODEL_DIR, sample_images
 
     torch.set_num_threads(args.threads)
     imported = time.perf_counter() - started
@@ -41,7 +42,7 @@ def main() -> int:
     loads = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        pipe = load_pipeline()
+        pipe = load_pipeline(MODEL_DIR)
         loads.append(time.perf_counter() - t0)
     prompts = [f"a picture of a {c} circle" for c in ("red", "blue", "green", "yellow")] * 4
     sample_images(pipe, prompts[:2], seed=0, steps=2)  # warm-up: first-call allocations

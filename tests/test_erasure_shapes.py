@@ -115,7 +115,7 @@ def results():
 
     from policykit.realera.edit import apply_edit
     from policykit.realera.engine import run_plan
-    from policykit.shapes.sampling import load_pipeline
+    from policykit.models.loading import load_pipeline
     from policykit.shapes.world import load_world
 
     threads = torch.get_num_threads()

@@ -27,7 +27,7 @@ def loaded():
     # being absent, which says nothing about this model.
     import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion  # noqa: F401
 
-    from policykit.shapes.sampling import load_pipeline
+    from policykit.models.loading import load_pipeline
 
     handler = _Collect()
     loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
@@ -36,7 +36,7 @@ def loaded():
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pipe = load_pipeline()
+            pipe = load_pipeline(MODEL_DIR)
     finally:
         for logger in loggers:
             logger.removeHandler(handler)

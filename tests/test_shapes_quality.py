@@ -27,12 +27,12 @@ def world():
 def pipe():
     import torch
 
-    from policykit.shapes.sampling import load_pipeline
+    from policykit.models.loading import load_pipeline
 
     # One thread: on a shared 2-core machine two spinning OpenMP threads are several times slower.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_pipeline()
+    yield load_pipeline(MODEL_DIR)
     torch.set_num_threads(threads)
 
 

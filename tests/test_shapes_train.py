@@ -21,7 +21,7 @@ def test_same_seed_same_files_and_a_loadable_pipeline(tmp_path):
             "tokenizer/vocab.json", "tokenizer/merges.txt"} <= set(a.files)
     assert a.sha256() == b.sha256()
 
-    from policykit.shapes.sampling import load_pipeline
+    from policykit.models.loading import load_pipeline
 
     pipe = load_pipeline(a.path)
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size

@@ -21,8 +21,10 @@ __all__ = [
 ]
 
 
-def load_pipeline(model: ResolvedModel):
-    """The diffusers ``StableDiffusionPipeline`` of a resolved model (offline; imports diffusers)."""
-    from policykit.models.loading import load_pipeline as _load
+def __getattr__(name: str):
+    # Lazy: ``load_pipeline`` (policykit.models.loading) imports diffusers only when it is used.
+    if name == "load_pipeline":
+        from policykit.models.loading import load_pipeline
 
-    return _load(model)
+        return load_pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -152,7 +152,8 @@ def concept_grid(world: World, images: np.ndarray, cases: list[PromptCase], per_
 
 def main(argv: list[str] | None = None) -> int:
     """Measure a shapes model and print markdown tables (and optionally save the sample picture)."""
-    from policykit.shapes.sampling import GUIDANCE_SCALE, MODEL_DIR, SAMPLING_STEPS, load_clip, load_pipeline
+    from policykit.models.loading import load_pipeline
+    from policykit.shapes.sampling import GUIDANCE_SCALE, MODEL_DIR, SAMPLING_STEPS, load_clip
 
     parser = argparse.ArgumentParser(prog="python -m policykit.shapes.quality", description=main.__doc__)
     parser.add_argument("--model", type=Path, default=MODEL_DIR)

@@ -1,8 +1,8 @@
 """Loading the shapes pipeline and drawing images from it.
 
-``load_pipeline`` is the same ``StableDiffusionPipeline.from_pretrained``
-call that loads a real Stable Diffusion 1.x directory; ``sample_images``
-draws seeded batches as uint8 arrays the pixel-truth classifier reads.
+The world loads with :func:`policykit.models.loading.load_pipeline`, the call
+that loads a real Stable Diffusion directory; ``sample_images`` draws seeded
+batches as uint8 arrays the pixel-truth classifier reads.
 """
 
 from __future__ import annotations
@@ -16,26 +16,6 @@ MODEL_DIR = Path(__file__).with_name("model")
 #: Sampling defaults used by the quality tests, the docs table and the benchmark.
 SAMPLING_STEPS = 25
 GUIDANCE_SCALE = 4.0
-
-
-def load_pipeline(path: str | Path = MODEL_DIR):
-    """The ``StableDiffusionPipeline`` stored at ``path`` (offline, CPU, float32, no progress bars)."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    # Loading takes well under a second: progress bars would only add noise to CLI output.
-    bars = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
-    for lib, _ in bars:
-        lib.disable_progress_bar()
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)
-    finally:
-        for lib, enabled in bars:
-            if enabled:
-                lib.enable_progress_bar()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def load_clip(path: str | Path = MODEL_DIR):
