@@ -22,20 +22,17 @@ def tiny_sd2(tmp_path_factory):
     return path
 
 
-def _sdxl_dir(tmp_path):
-    """An SDXL-shaped directory: only what detection reads (model_index and configs)."""
-    (tmp_path / "unet").mkdir(parents=True)
-    (tmp_path / "scheduler").mkdir()
-    for name, width in (("text_encoder", 768), ("text_encoder_2", 1280)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "config.json").write_text(json.dumps({"hidden_size": width}))
-    (tmp_path / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionXLPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "unet": ["diffusers", "UNet2DConditionModel"]}))
-    (tmp_path / "unet" / "config.json").write_text(json.dumps({
-        "cross_attention_dim": 2048, "addition_embed_type": "text_time", "sample_size": 128}))
-    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "epsilon"}))
-    return tmp_path
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """A tiny random SDXL pipeline (two text encoders, added conditions) saved as a diffusers directory."""
+    import torch
+
+    from policykit.testing import build_tiny_sdxl_pipeline
+
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("tiny-sdxl")
+    build_tiny_sdxl_pipeline().save_pretrained(path)
+    return path
 
 
 def test_sd1_sd2_and_the_builtin_world_are_recognised(tiny_model, tiny_sd2):
@@ -49,9 +46,10 @@ def test_sd1_sd2_and_the_builtin_world_are_recognised(tiny_model, tiny_sd2):
     assert shapes.family == "sd1" and shapes.supported and shapes.resolution == 32
 
 
-def test_sdxl_and_unknown_pipelines_are_refused_with_the_reason(tmp_path):
-    sdxl = detect_architecture(_sdxl_dir(tmp_path / "xl"))
+def test_sdxl_and_unknown_pipelines_are_refused_with_the_reason(tmp_path, tiny_sdxl):
+    sdxl = detect_architecture(tiny_sdxl)
     assert sdxl.family == "sdxl" and not sdxl.supported and "SDXL is not supported yet" in sdxl.problems[0]
+    assert sdxl.text_encoder_widths == (32, 32) and sdxl.cross_attention_dim == 64
     other = tmp_path / "other"
     other.mkdir()
     (other / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
@@ -93,15 +91,21 @@ output: {{dir: artifacts}}
 """
 
 
-def test_plan_reports_an_unsupported_model_as_an_error_before_any_run(tmp_path, capsys):
+def test_plan_and_apply_refuse_an_unsupported_model_before_any_run(tmp_path, monkeypatch, capsys, tiny_sdxl):
+    from policykit.apply import ApplyError, apply_policy
     from policykit.cli import main
 
+    monkeypatch.chdir(tmp_path)
     policy = tmp_path / "xl.yaml"
-    policy.write_text(POLICY.format(model=_sdxl_dir(tmp_path / "xl"), method="uce"))
+    policy.write_text(POLICY.format(model=tiny_sdxl, method="uce"))
     assert main(["plan", str(policy), "--format", "json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     (diagnostic,) = [d for d in doc["diagnostics"] if d["code"] == "model-unsupported"]
     assert "sdxl" in diagnostic["message"] and diagnostic["line"] == 4
+    with pytest.raises(ApplyError, match="SDXL is not supported yet") as refused:
+        apply_policy(policy, classifier=HalfBright())
+    assert refused.value.diagnostics[0].code == "model-unsupported"
+    assert not (tmp_path / "artifacts").exists()
 
 
 @pytest.mark.slow
