@@ -1,7 +1,9 @@
 """Classifiers the audit trusts to say whether an image shows a concept.
 
-- ``builtin:pixel-truth`` for ``builtin:shapes``: colour and shape measured
-  from pixels (policykit.shapes.classify), the ground truth of that world.
+- ``builtin:pixel-truth`` for the built-in worlds: for ``builtin:shapes``
+  colour and shape measured from pixels (policykit.shapes.classify), for
+  ``builtin:emblems`` shape, fill colour, pattern and background
+  (policykit.emblems.classify); the ground truth of each world.
 - CLIP zero-shot for real models: a local CLIP directory (nothing is
   downloaded); an image shows a concept when, among the audit's labels (every
   concept, anchor and preserve of the plan), the concept's label scores highest.
@@ -31,24 +33,38 @@ class ConceptClassifier(Protocol):
         ...
 
 
+#: The built-in worlds pixel truth can judge.
+PIXEL_TRUTH_WORLDS = ("builtin:shapes", "builtin:emblems")
+
+
 class PixelTruthClassifier:
-    """Ground truth in the shapes world: colour and shape read from pixels."""
+    """Ground truth in a built-in world: what it draws, read from pixels (``builtin:shapes`` by default)."""
 
     name = PIXEL_TRUTH
 
-    def __init__(self):
-        from policykit.shapes.world import load_world
-
+    def __init__(self, world: str = "builtin:shapes"):
+        if world not in PIXEL_TRUTH_WORLDS:
+            raise ClassifierError(f"builtin:pixel-truth only judges images of {' and '.join(PIXEL_TRUTH_WORLDS)}")
+        self.world_id = world
+        if world == "builtin:emblems":
+            from policykit.emblems.world import load_world
+        else:
+            from policykit.shapes.world import load_world
         self.world = load_world()
 
     def shows(self, images: np.ndarray, concept: str) -> list[bool]:
-        """True where the pixels show exactly the colour and shape ``concept`` means."""
-        from policykit.shapes.classify import classify_images
-
+        """True where the pixels show what ``concept`` means (every attribute it fixes)."""
         target = self.world.meaning(concept)
         if target is None:
-            raise ClassifierError(f"{concept!r} means nothing in the shapes world; the pixel-truth "
-                                  "classifier can only judge its colour-and-shape phrases")
+            raise ClassifierError(f"{concept!r} means nothing in {self.world_id}; the pixel-truth classifier can "
+                                  "only judge the phrases of its world")
+        if self.world_id == "builtin:emblems":
+            from policykit.emblems.classify import classify_images
+
+            wanted = target.attributes()
+            return [all(getattr(r, a) == v for a, v in wanted.items()) for r in classify_images(self.world, images)]
+        from policykit.shapes.classify import classify_images
+
         return [reading.concept == target for reading in classify_images(self.world, images)]
 
 
@@ -110,13 +126,11 @@ def build_classifier(spec: str | None, base_model_id: str, labels: Sequence[str]
     CLIP directory, and gets a clear error without one.
     """
     if spec is None:
-        if base_model_id == "builtin:shapes":
-            return PixelTruthClassifier()
+        if base_model_id in PIXEL_TRUTH_WORLDS:
+            return PixelTruthClassifier(base_model_id)
         raise ClassifierError(f"no audit classifier for {base_model_id}: set audit.classifier (or "
                               "--classifier) to a local CLIP directory, e.g. openai/clip-vit-large-patch14 "
                               "saved with save_pretrained")
     if spec == PIXEL_TRUTH:
-        if base_model_id != "builtin:shapes":
-            raise ClassifierError("builtin:pixel-truth only judges images of builtin:shapes")
-        return PixelTruthClassifier()
+        return PixelTruthClassifier(base_model_id)
     return ClipZeroShotClassifier(spec, labels)

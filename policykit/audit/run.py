@@ -20,16 +20,20 @@ SHAPES_SAMPLING = {"steps": 25, "guidance": 4.0}
 SD_SAMPLING = {"steps": 30, "guidance": 7.5}
 
 
+#: policykit's own worlds, sampled at the settings they were trained and documented at.
+BUILTIN_WORLDS = ("builtin:shapes", "builtin:emblems")
+
+
 def sampling_for(model_id: str) -> dict[str, float]:
     """Steps and guidance scale to sample the base model ``model_id`` with."""
-    return dict(SHAPES_SAMPLING if model_id == "builtin:shapes" else SD_SAMPLING)
+    return dict(SHAPES_SAMPLING if model_id in BUILTIN_WORLDS else SD_SAMPLING)
 
 
 def limitations(model_id: str) -> list[str]:
     """What a reader of this audit should not conclude from it."""
     notes = []
-    if model_id == "builtin:shapes":
-        notes.append("builtin:shapes is a tiny synthetic world: its numbers show the method works, not how a "
+    if model_id in BUILTIN_WORLDS:
+        notes.append(f"{model_id} is a tiny synthetic world: its numbers show the method works, not how a "
                      "real model will behave.")
     else:
         notes.append("Real-model audits rely on CLIP zero-shot classification over the plan's own labels; a "
@@ -161,7 +165,7 @@ def audit_edit(plan, pipe, edit, *, classifier=None, provenance: dict[str, str] 
     for g in scales:
         after = draw_prompt_set(plan, pipe, prompt_set, guidance=g, steps=steps, on_batch=tick)
         outcomes = classify_outcomes(prompts, before[g], after, classifier,
-                                     grid_scale=4 if model_id == "builtin:shapes" else 1)
+                                     grid_scale={"builtin:shapes": 4, "builtin:emblems": 3}.get(model_id, 1))
         scale = ScaleResult(g, compute_metrics(o.before for o in outcomes), compute_metrics(o.after for o in outcomes),
                             outcomes)
         results.append(scale)

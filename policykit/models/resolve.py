@@ -26,6 +26,8 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 BUILTIN_MODELS: dict[str, tuple[Path, str]] = {
     "shapes": (_PACKAGE / "shapes" / "model",
                "reinstall policykit, or rebuild it with `python -m policykit.shapes.train --out policykit/shapes/model`"),
+    "emblems": (_PACKAGE / "emblems" / "model",
+                "reinstall policykit, or rebuild it with `python -m policykit.emblems.train --out policykit/emblems/model`"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: The file every diffusers pipeline directory has.

@@ -60,15 +60,26 @@ def draw_shape(size: int, shape: str, x0: float, y0: float, extent: float,
     return np.asarray(big.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
 
 
-def render_concept(world: World, concept: Concept, rng: np.random.Generator) -> np.ndarray:
-    """A random rendering of ``concept``: jittered position, size and fill colour."""
+def random_placement(world, rng: np.random.Generator) -> tuple[float, float, float]:
+    """A random bounding-box side and top-left corner inside the world's margin: ``(extent, x0, y0)``."""
     size = world.image_size
     extent = rng.uniform(world.min_extent, world.max_extent)
     x0 = rng.uniform(world.margin, size - world.margin - extent)
     y0 = rng.uniform(world.margin, size - world.margin - extent)
-    jitter = rng.integers(-world.colour_jitter, world.colour_jitter + 1, size=3)
-    fill = tuple(int(v) for v in np.clip(np.array(world.colour_rgb[concept.colour]) + jitter, 0, 255))
-    return draw_shape(size, concept.shape, x0, y0, extent, fill, world.background)
+    return extent, x0, y0
+
+
+def jittered(rgb: tuple[int, int, int], amount: int, rng: np.random.Generator) -> tuple[int, int, int]:
+    """``rgb`` with a uniform per-channel jitter of +-``amount``, clipped to 0..255."""
+    jitter = rng.integers(-amount, amount + 1, size=3)
+    return tuple(int(v) for v in np.clip(np.array(rgb) + jitter, 0, 255))
+
+
+def render_concept(world: World, concept: Concept, rng: np.random.Generator) -> np.ndarray:
+    """A random rendering of ``concept``: jittered position, size and fill colour."""
+    extent, x0, y0 = random_placement(world, rng)
+    fill = jittered(world.colour_rgb[concept.colour], world.colour_jitter, rng)
+    return draw_shape(world.image_size, concept.shape, x0, y0, extent, fill, world.background)
 
 
 def caption_for(world: World, concept: Concept, rng: np.random.Generator,

@@ -25,7 +25,17 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
     Encoding a learnt word replays these merges in order, so it comes out as
     a single token. Ties break alphabetically, so the result is deterministic.
     """
-    pieces = {w: [*w[:-1], w[-1] + END_OF_WORD] for w in sorted(set(words))}
+    return learn_merges_from_pieces([[*w[:-1], w[-1] + END_OF_WORD] for w in sorted(set(words))])
+
+
+def learn_merges_from_pieces(units: list[list[str]]) -> list[tuple[str, str]]:
+    """BPE merges over symbol sequences, most frequent pair first, until each sequence is one symbol.
+
+    :func:`learn_merges` passes whole words (last letter marked end-of-word);
+    other worlds may pass word pieces too (a syllable without the end mark
+    is a piece that can begin or continue a word).
+    """
+    pieces = {i: list(u) for i, u in enumerate(units)}
     merges: list[tuple[str, str]] = []
     while True:
         pairs = Counter()
@@ -48,25 +58,38 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
             pieces[word] = merged
 
 
-def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The vocabulary dict and merges list of the world's tokenizer."""
-    merges = learn_merges(words)
+def vocab_from_merges(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """Special tokens, single letters (inside and at the end of a word), then every merge's result."""
     tokens = [BOS, EOS, UNK]
     tokens += list(string.ascii_lowercase) + [c + END_OF_WORD for c in string.ascii_lowercase]
     for left, right in merges:
         if left + right not in tokens:
             tokens.append(left + right)
-    return {t: i for i, t in enumerate(tokens)}, merges
+    return {t: i for i, t in enumerate(tokens)}
 
 
-def build_tokenizer(words: list[str]):
-    """A ``transformers.CLIPTokenizer`` for ``words`` (save it with ``save_pretrained``)."""
+def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary dict and merges list of the world's tokenizer."""
+    merges = learn_merges(words)
+    return vocab_from_merges(merges), merges
+
+
+def clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], max_length: int, words: list[str]):
+    """A ``transformers.CLIPTokenizer`` with SD 1.x's special tokens; checks each of ``words`` is one token.
+
+    Built from ``vocab=dict, merges=list`` (transformers 5 reads no files here).
+    """
     from transformers import CLIPTokenizer
 
-    vocab, merges = build_vocab(words)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, unk_token=UNK, bos_token=BOS, eos_token=EOS, pad_token=EOS)
-    tokenizer.model_max_length = MAX_LENGTH
+    tokenizer.model_max_length = max_length
     unsplit = [w for w in words if len(tokenizer.tokenize(w)) != 1]
     if unsplit:
         raise ValueError(f"words that do not tokenize to one token: {unsplit}")
     return tokenizer
+
+
+def build_tokenizer(words: list[str]):
+    """A ``transformers.CLIPTokenizer`` for ``words`` (save it with ``save_pretrained``)."""
+    vocab, merges = build_vocab(words)
+    return clip_tokenizer(vocab, merges, MAX_LENGTH, words)

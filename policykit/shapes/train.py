@@ -83,6 +83,50 @@ def _tokenize(tokenizer, captions: list[str]):
                      truncation=True, return_tensors="pt").input_ids
 
 
+def optimizer_step(optimizer, loss, lr: float, clip_norm_of=None) -> None:
+    """Set the learning rate, back-propagate ``loss`` and step (clipping the gradient norm of ``clip_norm_of`` to 1)."""
+    import torch
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_norm_of is not None:
+        torch.nn.utils.clip_grad_norm_(clip_norm_of, 1.0)
+    optimizer.step()
+
+
+def vae_loss(vae, x, background, foreground_weight: float, kl_weight: float, generator=None):
+    """Reconstruction (L1 + L2, pixels away from ``background`` weighted up) plus SD's small KL term."""
+    weight = 1.0 + foreground_weight * ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    posterior = vae.encode(x).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+    error = reconstruction - x
+    return (weight * (error.abs() + error.pow(2))).mean() + kl_weight * posterior.kl().mean()
+
+
+def diffusion_loss(unet, scheduler, latents, hidden, generator=None):
+    """SD's DDPM epsilon objective: noise the latents at random timesteps, predict the noise."""
+    import torch
+    import torch.nn.functional as F
+
+    # randn_like follows the latents' memory layout: kept for the global generator, so that
+    # builtin:shapes' recipe still writes the bytes it shipped.
+    noise = torch.randn_like(latents) if generator is None else torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    return F.mse_loss(unet(noisy, timesteps, hidden).sample, noise)
+
+
+def ema_update(ema, model, step: int, decay: float) -> None:
+    """Move the EMA weights towards the model's; warmed up so that short runs are not dominated by early steps."""
+    import torch
+
+    decay = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+
+
 def train_clip(world: World, tokenizer, recipe: Recipe, started: float):
     """The tiny CLIP, trained with a contrastive loss whose positives are same-concept pairs."""
     import torch
@@ -104,14 +148,10 @@ def train_clip(world: World, tokenizer, recipe: Recipe, started: float):
         same_shape = shapes[:, None] == shapes[None, :]
         target = (same_colour & same_shape).float() + recipe.clip_partial_credit * (same_colour ^ same_shape).float()
         target = target / target.sum(dim=1, keepdim=True)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, recipe.clip_steps, recipe.clip_lr)
         out = clip(input_ids=_tokenize(tokenizer, [e.caption for e in examples]), pixel_values=_pixels(images))
         logits = out.logits_per_text  # symmetric target, so one matrix serves both directions
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss, _lr_at(step, recipe.clip_steps, recipe.clip_lr))
         if step % 250 == 0 or step == recipe.clip_steps - 1:
             _log(f"clip step {step:5d} loss {loss.item():.4f}", started)
     clip.eval()
@@ -136,16 +176,8 @@ def train_vae(world: World, recipe: Recipe, started: float):
         # makes the autoencoder spend its capacity on the fill colour, which
         # is what the world's concepts are about, not on the flat background.
         background = torch.tensor(world.background, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1.0
-        weight = 1.0 + recipe.vae_foreground_weight * ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
-        posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        error = reconstruction - x
-        loss = (weight * (error.abs() + error.pow(2))).mean() + recipe.vae_kl_weight * posterior.kl().mean()
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, recipe.vae_steps, recipe.vae_lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = vae_loss(vae, x, background, recipe.vae_foreground_weight, recipe.vae_kl_weight)
+        optimizer_step(optimizer, loss, _lr_at(step, recipe.vae_steps, recipe.vae_lr))
         if step % 100 == 0 or step == recipe.vae_steps - 1:
             _log(f"vae step {step:5d} loss {loss.item():.4f}", started)
     vae.eval()
@@ -165,7 +197,6 @@ def _caption_table(world: World):
 def train_unet(world: World, tokenizer, text_encoder, vae, recipe: Recipe, started: float):
     """The tiny U-Net (EMA weights), trained on latents of generated images."""
     import torch
-    import torch.nn.functional as F
 
     from policykit.shapes.architecture import build_training_scheduler, build_unet
 
@@ -200,21 +231,9 @@ def train_unet(world: World, tokenizer, text_encoder, vae, recipe: Recipe, start
         rows = [0 if rng.random() < recipe.caption_dropout else caption_row[caption_for(world, concepts[i], rng)]
                 for i in index.tolist()]
         latents = (means[index] + stds[index] * torch.randn_like(stds[index])) * scaling
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.unet_batch,))
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, hidden[rows]).sample
-        loss = F.mse_loss(prediction, noise)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, recipe.unet_steps, recipe.unet_lr, warmup=200)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        # Short runs: warm the EMA up so early steps do not dominate it.
-        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1 - decay)
+        loss = diffusion_loss(unet, scheduler, latents, hidden[rows])
+        optimizer_step(optimizer, loss, _lr_at(step, recipe.unet_steps, recipe.unet_lr, warmup=200), unet.parameters())
+        ema_update(ema, unet, step, recipe.ema_decay)
         if step % 250 == 0 or step == recipe.unet_steps - 1:
             _log(f"unet step {step:5d} loss {loss.item():.4f}", started)
     ema.eval()

@@ -153,17 +153,22 @@ def load_world(path: Path = WORLD_FILE) -> World:
     return world
 
 
-def _check_unambiguous(world: World) -> None:
-    """Every word must have one meaning, or captions would contradict each other."""
+def check_one_owner(groups: list[tuple[str, tuple[str, ...]]]) -> None:
+    """Raise ValueError if a word is listed under two owners (``groups``: owner and its words)."""
     seen: dict[str, str] = {}
-    groups = [(c, (c, *world.colour_synonyms[c])) for c in world.colours]
-    groups += [(s, (s, *world.shape_synonyms[s])) for s in world.shapes]
-    groups += [(w, (w,)) for w in world.associated]
     for owner, words in groups:
         for word in words:
             if word in seen and seen[word] != owner:
                 raise ValueError(f"word {word!r} means both {seen[word]!r} and {owner!r}")
             seen[word] = owner
+
+
+def _check_unambiguous(world: World) -> None:
+    """Every word must have one meaning, or captions would contradict each other."""
+    groups = [(c, (c, *world.colour_synonyms[c])) for c in world.colours]
+    groups += [(s, (s, *world.shape_synonyms[s])) for s in world.shapes]
+    groups += [(w, (w,)) for w in world.associated]
+    check_one_owner(groups)
     if world.neutral_colour not in world.colour_rgb:
         raise ValueError(f"neutral_colour {world.neutral_colour!r} is not a colour of this world")
     if not all(t.count("{}") == 1 for t in world.templates):

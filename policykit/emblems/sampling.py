@@ -1,0 +1,36 @@
+"""Loading the emblems pipeline and drawing images from it.
+
+The same calls as builtin:shapes (``policykit.shapes.sampling``), pointed at
+``policykit/emblems/model``: an ordinary ``StableDiffusionPipeline``
+directory, plus the full CLIP under ``clip/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policykit.shapes import sampling as _shapes_sampling
+from policykit.shapes.sampling import GUIDANCE_SCALE, SAMPLING_STEPS, clip_pixel_values, sample_images
+
+__all__ = ["MODEL_DIR", "GUIDANCE_SCALE", "SAMPLING_STEPS", "load_pipeline", "load_clip", "sample_images",
+           "clip_pixel_values", "model_available"]
+
+#: The trained world, shipped inside the package.
+MODEL_DIR = Path(__file__).with_name("model")
+
+
+def model_available(path: str | Path = MODEL_DIR) -> bool:
+    """Whether a trained pipeline is at ``path``."""
+    return (Path(path) / "model_index.json").is_file()
+
+
+def load_pipeline(path: str | Path = MODEL_DIR):
+    """The ``StableDiffusionPipeline`` stored at ``path`` (offline, CPU, float32, no progress bars)."""
+    from policykit.models.loading import load_pipeline as load
+
+    return load(path)
+
+
+def load_clip(path: str | Path = MODEL_DIR):
+    """The full ``CLIPModel`` (text and vision towers) stored beside the pipeline."""
+    return _shapes_sampling.load_clip(path)

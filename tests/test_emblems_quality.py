@@ -1,0 +1,74 @@
+"""The quality builtin:emblems must keep (a small sample of the docs' measurements; numbers are printed).
+
+The full measurement is ``python -m policykit.emblems.quality`` (docs/builtin-emblems.md);
+this samples a few images per kind so that CI stays fast. The shipped model does NOT yet
+reach the issue's targets (names >= 90% each, phrases >= 85%, styles >= 90%, objects >= 95%;
+see the docs); the floors below are regression guards set under what it measures
+(names 43%, associated phrases 34%, styles 85%, objects 93% over 2,316 images).
+"""
+
+import pytest
+
+from policykit.emblems.sampling import model_available
+
+pytestmark = pytest.mark.skipif(not model_available(), reason="emblems model not trained yet")
+
+
+@pytest.fixture(scope="module")
+def world():
+    from policykit.emblems.world import load_world
+
+    return load_world()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    import torch
+
+    from policykit.emblems.sampling import load_pipeline
+
+    # One thread: on a shared 2-core machine two spinning OpenMP threads are several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_pipeline()
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_names_phrases_styles_and_objects_are_drawn_right(pipe, world):
+    from policykit.emblems.quality import (accuracy, associated_cases, name_cases, object_cases, run_cases,
+                                           style_cases)
+
+    entities = world.entities[::10]  # 16 entities spread over the list
+    cases = (name_cases(world, 2, entities) + associated_cases(world, 1, entities)
+             + style_cases(world, 6) + object_cases(world, 1)[::3])
+    results, _ = run_cases(pipe, world, cases, seed=5)
+    by_kind = {kind: accuracy([r for r in results if r.case.kind == kind])
+               for kind in ("name", "associated", "style", "object")}
+    print("\nbuiltin:emblems sample: " + ", ".join(f"{k} {v:.0%}" for k, v in by_kind.items())
+          + f" of {len(results)} images")
+    assert by_kind["name"] >= 0.20
+    assert by_kind["associated"] >= 0.08
+    assert by_kind["style"] >= 0.65
+    assert by_kind["object"] >= 0.75
+
+
+def test_associated_phrases_are_nearest_their_entity_in_text_space(pipe, world):
+    """What neighbor mining relies on: an associated phrase is near its entity's name, not only in pixels."""
+    import numpy as np
+
+    from policykit.emblems.sampling import load_clip
+    from policykit.shapes.quality import phrase_embeddings
+
+    clip = load_clip()
+    names = [e.name for e in world.entities]
+    phrases = [(p, k) for k, e in enumerate(world.entities) for p in e.associated]
+    similarity = (phrase_embeddings(clip, pipe.tokenizer, world, [p for p, _ in phrases])
+                  @ phrase_embeddings(clip, pipe.tokenizer, world, names).T).numpy()
+    own = np.array([similarity[i, k] for i, (_, k) in enumerate(phrases)])
+    top1 = np.mean([similarity[i].argmax() == k for i, (_, k) in enumerate(phrases)])
+    unrelated = np.mean([np.delete(similarity[i], k).mean() for i, (_, k) in enumerate(phrases)])
+    print(f"\nassociated phrases: own entity nearest for {top1:.0%}; cosine own {own.mean():.3f}, "
+          f"unrelated {unrelated:.3f}")
+    assert top1 >= 0.5
+    assert own.mean() > unrelated + 0.2
