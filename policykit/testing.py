@@ -59,6 +59,19 @@ def build_text_encoder(tokenizer, hidden_size: int = 32, seed: int = 0):
     return CLIPTextModel(config).eval()
 
 
+def build_tiny_vae(seed: int = 0):
+    """A tiny random ``AutoencoderKL``: 16 x 16 images <-> 4 x 8 x 8 latents."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, sample_size=16,
+    ).eval()
+
+
 def build_tiny_pipeline(pad_token: str = "<|endoftext|>", seed: int = 0, prediction_type: str = "epsilon"):
     """The whole tiny random StableDiffusionPipeline (latents 4 x 8 x 8, images 16 x 16).
 
@@ -66,7 +79,7 @@ def build_tiny_pipeline(pad_token: str = "<|endoftext|>", seed: int = 0, predict
     ``prediction_type="v_prediction"`` is SD 2.x's (OpenCLIP padding, v-prediction).
     """
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = build_clip_tokenizer(pad_token)
     text_encoder = build_text_encoder(tokenizer, seed=seed)
@@ -78,12 +91,7 @@ def build_tiny_pipeline(pad_token: str = "<|endoftext|>", seed: int = 0, predict
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=text_encoder.config.hidden_size, attention_head_dim=2,
     ).eval()
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, sample_size=16,
-    ).eval()
+    vae = build_tiny_vae(seed)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                               beta_start=0.00085, beta_end=0.012,
                               steps_offset=1, clip_sample=False, prediction_type=prediction_type)
@@ -114,7 +122,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
     SDXL's), their outputs concatenated for the U-Net's cross-attention, and the pooled embedding with the
     time ids as added conditions (``addition_embed_type="text_time"``). Latents 4 x 8 x 8, images 16 x 16."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     tokenizer = build_clip_tokenizer()
@@ -133,12 +141,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=2,
         addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
         use_linear_projection=True).eval()
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, sample_size=16,
-    ).eval()
+    vae = build_tiny_vae(seed)
     scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                                        beta_end=0.012, steps_offset=1, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
