@@ -24,6 +24,12 @@ from pydantic import BaseModel, ConfigDict
 import policykit
 from policykit.hashing import canonical_json, sha256_hex
 from policykit.policy.categories import resolve_anchor, resolve_templates
+from policykit.realera.presets import METHOD_STAGES, preset_defaults
+# Stage names (in the order they run) and their settings live with the method, torch-free.
+from policykit.realera.settings import (AUDIT, BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT,
+                                        ESD_FINETUNE, MACE_LORA, MINE_NEIGHBORS, NOISE_ALIGNMENT, AuditSettings,
+                                        ClosedFormSettings, EsdSettings, MaceLoraSettings, MiningSettings,
+                                        NoiseAlignmentSettings, ShellSettings, Stage)
 
 #: Version of the plan document; bump on breaking change.
 PLAN_FORMAT_VERSION = 1
@@ -36,17 +42,10 @@ BEYOND_RADIUS_FACTOR = 2.0
 DEFAULT_SAMPLES = 16
 #: beyond_samples defaults to the (resolved) samples.
 DEFAULT_MIN_COSINE = 0.5
-#: Mining space when a policy does not say: chosen by benchmarks/quality.py (docs/benchmarks.md, "Mining
-#: space"): text space had the higher H_o on 4 of 7 tasks and on the mean (81.5% against 64.4%).
+#: Mining space when a policy does not say: chosen by benchmarks/quality.py at engine version 3 (text space
+#: had the higher H_o on 4 of 7 tasks and on the mean, 81.5% against 64.4%; docs/method.md records it). Chosen
+#: on the tasks that report it: to be decided again on dev tasks (issue 13).
 DEFAULT_SPACE = "text"
-
-# Stage names, in the order they run (defined with their settings in policykit.realera.settings).
-from policykit.realera.settings import (AUDIT, BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT,  # noqa: E402
-                                       ESD_FINETUNE, MACE_LORA, MINE_NEIGHBORS, NOISE_ALIGNMENT,
-                                       AuditSettings, ClosedFormSettings, EsdSettings, MaceLoraSettings,
-                                       MiningSettings, NoiseAlignmentSettings, ShellSettings, Stage)
-
-from policykit.realera.presets import METHOD_STAGES, preset_defaults  # noqa: E402
 
 
 class _Frozen(BaseModel):

@@ -79,12 +79,12 @@ class _Concept:
 def _concepts(plan, pipeline, settings: MaceLoraSettings) -> list[_Concept]:
     from policykit.realera.encoding import encode_prompts, erased_phrases
     from policykit.realera.noise_alignment import generate_training_latents
-    from policykit.realera.peer_rows import _fits, mace_templates
+    from policykit.realera.peer_rows import fits_tokenizer, mace_templates
     from policykit.realera.prompts import fill_template
 
     out = []
     for i, p in enumerate(erased_phrases(plan)):
-        prompts = [q for q in (fill_template(t, p.phrase) for t in mace_templates(plan)) if _fits(pipeline, q)]
+        prompts = [q for q in (fill_template(t, p.phrase) for t in mace_templates(plan)) if fits_tokenizer(pipeline, q)]
         if not prompts:
             raise ValueError(f"no MACE template fits the tokenizer's maximum length for {p.phrase!r}")
         latents = generate_training_latents(
@@ -175,7 +175,7 @@ def run(plan, pipeline, settings: MaceLoraSettings, *, delta: dict, progress: bo
 
     from policykit.realera.closed_form import find_cross_attention_projections
     from policykit.realera.edit import temporary_edit
-    from policykit.realera.peer_rows import _preserve_rows
+    from policykit.realera.peer_rows import preserve_rows_bare
 
     unet = pipeline.unet
     concepts = _concepts(plan, pipeline, settings)   # drawn by the base model, before the edit
@@ -207,7 +207,7 @@ def run(plan, pipeline, settings: MaceLoraSettings, *, delta: dict, progress: bo
         right += gram
         for name in projections:
             left[name] += (refined[name].cpu() + product[name].cpu()) @ gram
-    preserve = _preserve_rows(pipeline, [p.concept for p in plan.preserve], settings.fuse_preserve_scale)
+    preserve = preserve_rows_bare(pipeline, [p.concept for p in plan.preserve], settings.fuse_preserve_scale)
     if preserve.rows.shape[0]:
         rows = preserve.rows.double().cpu()
         gram = rows.T @ (rows * preserve.beta.double()[:, None])

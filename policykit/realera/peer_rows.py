@@ -113,12 +113,12 @@ def _encode(pipeline, prompts: Sequence[str]):
     return embeddings, masks, ids
 
 
-def _fits(pipeline, prompt: str) -> bool:
+def fits_tokenizer(pipeline, prompt: str) -> bool:
     """True when ``prompt`` is not cut off by the tokenizer (its EOS is inside the maximum length)."""
     return len(pipeline.tokenizer(prompt, verbose=False).input_ids) <= pipeline.tokenizer.model_max_length
 
 
-def _preserve_rows(pipeline, phrases: Sequence[str], weight: float) -> "PreserveRows":
+def preserve_rows_bare(pipeline, phrases: Sequence[str], weight: float) -> "PreserveRows":
     """Every position of each phrase (bare), weight ``weight``."""
     import torch
 
@@ -140,7 +140,7 @@ def _pairs(pipeline, prompts: list[tuple[str, str, float]], rule: str) -> tuple[
     from policykit.realera.encoding import ErasePairs, text_shape
 
     length, width = text_shape(pipeline)
-    kept = [p for p in prompts if _fits(pipeline, p[0]) and _fits(pipeline, p[1])]
+    kept = [p for p in prompts if fits_tokenizer(pipeline, p[0]) and fits_tokenizer(pipeline, p[1])]
     rows, targets, alpha = [], [], []
     if kept:
         phrase_emb, phrase_masks, phrase_ids = _encode(pipeline, [p[0] for p in kept])
@@ -167,7 +167,7 @@ def uce_rows(plan, pipeline, settings) -> tuple["ErasePairs", "PreserveRows"]:
     erase, skipped = _pairs(pipeline, prompts, "uce")
     retain = [""] + [p.concept for p in plan.preserve]
     scale = settings.preserve_scale if settings.preserve_scale is not None else max(0.1, 1 / len(retain))
-    preserve = _preserve_rows(pipeline, retain, scale)
+    preserve = preserve_rows_bare(pipeline, retain, scale)
     erase.info = preserve.info = {"skipped_prompts": skipped}
     return erase, preserve
 
@@ -189,7 +189,7 @@ def mace_rows(plan, pipeline, settings) -> tuple["ErasePairs", "PreserveRows"]:
     erase, skipped = _pairs(pipeline, prompts, "mace")
     if not erase.rows.shape[0]:
         raise ValueError("no MACE template fits the tokenizer's maximum length for these concepts")
-    preserve = _preserve_rows(pipeline, [p.concept for p in plan.preserve], settings.preserve_scale or 0.0)
+    preserve = preserve_rows_bare(pipeline, [p.concept for p in plan.preserve], settings.preserve_scale or 0.0)
     erase.info = preserve.info = {"skipped_prompts": skipped}
     return erase, preserve
 
