@@ -1,4 +1,4 @@
-"""Time every RealEra stage on Stable-Diffusion-sized components (SD 1.5 or SD 2.1) with random weights.
+"""Time every RealEra stage on Stable-Diffusion-sized components (SD 1.5, SD 2.1 or SDXL) with random weights.
 
 Nothing is downloaded: the U-Net has SD 1.5's config, the text encoder is a
 CLIP ViT-L/14 text tower, the VAE is SD's AutoencoderKL, all randomly
@@ -12,8 +12,12 @@ stage is the cost on the real model.
     python benchmarks/gpu_check.py --size full --concepts 10 --marginal
     python benchmarks/gpu_check.py --arch sd21 --size full   # SD 2.1: OpenCLIP-H text, v-prediction, 768 px
 
-``--arch sdxl`` is refused: policykit does not edit SDXL yet (docs/policy-reference.md, "Supported
-models").
+    python benchmarks/gpu_check.py --arch sdxl --size full   # SDXL: CLIP-L + OpenCLIP-bigG (2048-wide rows), 1024 px
+
+SDXL's components are its base model's configs: the U-Net with transformer
+depths 1, 2, 10, 2048-wide cross-attention and ``text_time`` added conditions
+(pooled 1280 + 6 time ids x 256), CLIP ViT-L and OpenCLIP bigG text towers
+(12 and 32 layers; the second with its 1280 projection), SD's VAE at 1024 px.
 
 Prints one table: each stage's seconds, its seconds per concept and its key
 numbers, then a 25-step generation of one image (what apply's audit pays per
@@ -74,12 +78,25 @@ SD21_SIZES = {
                             norm_num_groups=16),
                   vae=SIZES["small"]["vae"]),
 }
+#: SDXL base (stabilityai/stable-diffusion-xl-base-1.0 configs), written out. ``text_2`` is OpenCLIP bigG.
+SDXL_SIZES = {
+    "full": dict(image=1024, text=SIZES["full"]["text"],
+                 text_2=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20),
+                 unet=dict(block_out_channels=(320, 640, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20),
+                           transformer_layers_per_block=(1, 2, 10), norm_num_groups=32, addition_time_embed_dim=256),
+                 vae=SIZES["full"]["vae"]),
+    "small": dict(image=128, text=SIZES["small"]["text"],
+                  text_2=dict(hidden_size=1280, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=20),
+                  unet=dict(block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=(2, 4, 4),
+                            transformer_layers_per_block=(1, 1, 2), norm_num_groups=16, addition_time_embed_dim=32),
+                  vae=SIZES["small"]["vae"]),
+}
 ARCHES = ("sd15", "sd21", "sdxl")
 
 
 def spec_for(arch: str, size: str) -> dict:
     """The component sizes of ``arch`` at ``size``."""
-    return (SD21_SIZES if arch == "sd21" else SIZES)[size]
+    return {"sd21": SD21_SIZES, "sdxl": SDXL_SIZES}.get(arch, SIZES)[size]
 
 
 def build_tokenizer(arch: str = "sd15"):
@@ -90,8 +107,11 @@ def build_tokenizer(arch: str = "sd15"):
 
 
 def build_pipeline(size: str, seed: int = 0, arch: str = "sd15"):
-    """A StableDiffusionPipeline of random SD-1.5- or SD-2.1-shaped components (float32, CPU)."""
+    """A pipeline of random SD-1.5-, SD-2.1- or SDXL-shaped components (float32, CPU)."""
     import torch
+
+    if arch == "sdxl":
+        return build_sdxl_pipeline(size, seed)
     from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -119,6 +139,43 @@ def build_pipeline(size: str, seed: int = 0, arch: str = "sd15"):
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_sdxl_pipeline(size: str, seed: int = 0):
+    """A StableDiffusionXLPipeline of random SDXL-shaped components (float32, CPU)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    spec = spec_for("sdxl", size)
+    tokenizer, tokenizer_2 = build_tokenizer("sd15"), build_tokenizer("sd21")  # SDXL's second pads with "!"
+    common = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu", pad_token_id=tokenizer.pad_token_id,
+                                                projection_dim=768, **common, **spec["text"])).eval()
+    pooled = spec["text_2"]["hidden_size"]
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_act="gelu", pad_token_id=tokenizer_2.pad_token_id, projection_dim=pooled, **common,
+        **spec["text_2"])).eval()
+    unet_spec = dict(spec["unet"])
+    time_dim = unet_spec.pop("addition_time_embed_dim")
+    unet = UNet2DConditionModel(
+        sample_size=spec["image"] // 8, in_channels=4, out_channels=4, use_linear_projection=True,
+        cross_attention_dim=spec["text"]["hidden_size"] + pooled,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=pooled + 6 * time_dim, **unet_spec).eval()
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=spec["image"], scaling_factor=0.13025,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, **spec["vae"]).eval()
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -198,11 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concepts must be >= 1")
     if args.marginal and args.concepts < 2:
         parser.error("--marginal needs --concepts N with N >= 2")
-    if args.arch == "sdxl":
-        print("gpu_check: SDXL is not supported by policykit yet (two text encoders and added conditions are not "
-              "implemented); nothing to measure", file=sys.stderr)
-        return 2
-
     import torch
 
     from policykit.cli import _drop_torchvision_notices

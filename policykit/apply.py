@@ -397,7 +397,11 @@ def runtime_record(device=None) -> dict[str, Any]:
     dev, dtype = pick_device(device)
     record: dict[str, Any] = {"threads": torch.get_num_threads(), "device": dev.type,
                               "dtype": str(dtype).removeprefix("torch."),
-                              "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+                              "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                              # the model runs in ``dtype``; the closed form solves in float64 and the LoRA
+                              # trains float32 master weights whatever the model's dtype (engine.pick_device)
+                              "precision": {"model": str(dtype).removeprefix("torch."), "closed_form": "float64",
+                                            "lora_weights": "float32"}}
     if dev.type == "cuda":
         record["accelerator"] = torch.cuda.get_device_name(dev)
     return record
@@ -441,7 +445,7 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
                     log=lambda line: emit("log", message=line))
     for record in edit.records:
         seconds[record.name] = record.seconds
-    save_edit(edit, staging)
+    save_edit(edit, staging, pipeline_class=type(pipe))  # the LoRA in the format of the model's own class
     canonicalize_tree(staging / layout.WEIGHTS_DIR)  # same edit, same bytes
 
     # -- the audit: the same prompts and seeds through the base and the edited model

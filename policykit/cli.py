@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="M", required=True,
                    help="builtin:shapes, a local diffusers directory, or a hub id already in the local cache")
     p.add_argument("--radius", type=float, metavar="R", help="relative radius (default: the policy entry's, else 0.2)")
-    p.add_argument("--space", choices=("token", "text"), help="where distances are measured (default: token)")
+    p.add_argument("--space", choices=("token", "text"), help="where distances are measured (default: the entry's, else text, as a policy)")
     p.add_argument("--samples", type=int, metavar="N", help="neighbors to draw and decode (default: 16)")
     p.add_argument("--min-cosine", type=float, metavar="C", help="cosine floor of mined neighbors (default: 0.5)")
     p.add_argument("--template", metavar="T", help="prompt template with one {} (default: the entry's first, else {})")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write an artifact as a full model for other tools")
     p.add_argument("artifact", metavar="ARTIFACT")
     p.add_argument("--format", choices=("diffusers", "single-file"), default="diffusers",
-                   help="diffusers: a StableDiffusionPipeline directory (default); single-file: one "
+                   help="diffusers: a pipeline directory of the base model's class (default); single-file: one "
                         ".safetensors in the original Stable Diffusion (LDM) layout")
     p.add_argument("--out", metavar="PATH", required=True, help="where to write it (must not exist)")
     _add_loading_rule(p)

@@ -120,7 +120,11 @@ class HalfBright:
 def build_tiny_sdxl_pipeline(seed: int = 0):
     """A tiny random ``StableDiffusionXLPipeline``: two CLIP text encoders (the second with a projection, as
     SDXL's), their outputs concatenated for the U-Net's cross-attention, and the pooled embedding with the
-    time ids as added conditions (``addition_embed_type="text_time"``). Latents 4 x 8 x 8, images 16 x 16."""
+    time ids as added conditions (``addition_embed_type="text_time"``). Latents 4 x 8 x 8, images 16 x 16.
+
+    The encoders are 32 and 48 wide (cross-attention 80), the pooled projection 40: distinct widths, as SDXL's
+    768, 1280 and 1280, so that nothing can mix the encoders up (diffusers' single-file reader tells them apart
+    by width)."""
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
@@ -130,16 +134,16 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
     text_encoder = build_text_encoder(tokenizer, hidden_size=32, seed=seed)
     torch.manual_seed(seed + 1)
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tokenizer_2), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=tokenizer_2.model_max_length, projection_dim=32,
+        vocab_size=len(tokenizer_2), hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=tokenizer_2.model_max_length, projection_dim=40,
         bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
         pad_token_id=tokenizer_2.pad_token_id)).eval()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
         norm_num_groups=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=2,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=80, attention_head_dim=2,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=40 + 6 * 8,
         use_linear_projection=True).eval()
     vae = build_tiny_vae(seed)
     scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,

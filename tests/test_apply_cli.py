@@ -81,7 +81,9 @@ def test_apply_prints_one_summary_naming_the_missed_threshold(tmp_path, tiny_mod
 
     manifest = json.loads((tmp_path / "artifacts/tiny/1.0.0/manifest.json").read_text())
     assert manifest["runtime"] == {"threads": 1, "device": "cpu", "dtype": "float32",
-                                   "deterministic_algorithms": False}
+                                   "deterministic_algorithms": False,
+                                   "precision": {"model": "float32", "closed_form": "float64",
+                                                 "lora_weights": "float32"}}
     assert manifest["audit"]["guidance_scales"] == [3.0, 7.5, 9.0]
     assert [s["guidance"] for s in manifest["metrics"]["by_guidance"]] == [3.0, 7.5, 9.0]
     failed = [c for c in manifest["audit"]["checks"] if not c["passed"]]

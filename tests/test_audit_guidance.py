@@ -42,6 +42,7 @@ class GuidancePipe:
 
     device = torch.device("cpu")
     text_encoder = SimpleNamespace(dtype=torch.float32)
+    tokenizer = None  # an SD 1.x-style pipeline: one text encoder, conditionings passed as prompt_embeds
 
     def __init__(self):
         self.edited = False

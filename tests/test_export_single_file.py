@@ -9,7 +9,7 @@ a different output, not as a string comparison with our own table.
 import pytest
 
 from policykit.cli import main
-from policykit.testing import HalfBright, build_tiny_pipeline
+from policykit.testing import HalfBright, build_tiny_pipeline, build_tiny_sdxl_pipeline
 
 
 POLICY = """\
@@ -137,6 +137,92 @@ def test_tensor_without_a_place_is_an_error_not_dropped():
     pipe.unet = _another_unet(class_embed_type="timestep", **UNET_CONFIGS[1])
     with pytest.raises(SingleFileUnsupported, match="class_embedding"):
         ldm_key_map(pipe)
+
+
+def test_sdxl_every_tensor_is_placed_exactly_once_in_the_sdxl_sections():
+    import torch
+
+    from policykit.artifact.single_file import (SDXL_OPEN_CLIP_PREFIX, SDXL_TEXT_ENCODER_PREFIX, UNET_PREFIX,
+                                                VAE_PREFIX, diffusers_to_ldm_state_dict, is_sdxl, ldm_key_map)
+
+    pipe = build_tiny_sdxl_pipeline()
+    assert is_sdxl(pipe)
+    mapping = ldm_key_map(pipe)
+    # text_encoder_2 is in the OpenCLIP layout (q/k/v stacked), so not in the one-to-one map
+    expected = {f"{c}.{k}" for c in ("unet", "vae", "text_encoder") for k in getattr(pipe, c).state_dict()}
+    assert set(mapping) == expected
+    assert len(set(mapping.values())) == len(mapping)
+    state = diffusers_to_ldm_state_dict(pipe)
+    sections = (UNET_PREFIX, VAE_PREFIX, SDXL_TEXT_ENCODER_PREFIX, SDXL_OPEN_CLIP_PREFIX)
+    assert all(k.startswith(sections) for k in state)  # nothing under SD 1.x / 2.x names
+    for component, prefix in (("unet", UNET_PREFIX), ("vae", VAE_PREFIX), ("text_encoder", SDXL_TEXT_ENCODER_PREFIX)):
+        assert sum(k.startswith(prefix) for k in state) == len(getattr(pipe, component).state_dict()), component
+    # OpenCLIP: per layer q/k/v weight and bias become 2 tensors, 12 -> 8 (+ the top-level tensors, + projection)
+    encoder_2 = pipe.text_encoder_2.state_dict()
+    layers = pipe.text_encoder_2.config.num_hidden_layers
+    assert sum(k.startswith(SDXL_OPEN_CLIP_PREFIX) for k in state) == len(encoder_2) - 4 * layers
+    assert "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight" in state
+    assert "conditioner.embedders.1.model.positional_embedding" in state
+    # the projection is OpenCLIP's matrix (hidden x projection), the transposed Linear weight
+    assert torch.equal(state["conditioner.embedders.1.model.text_projection"], encoder_2["text_projection.weight"].T)
+    unet = pipe.unet.state_dict()
+    for ours, theirs in (("linear_1", "label_emb.0.0"), ("linear_2", "label_emb.0.2")):
+        for kind in ("weight", "bias"):
+            assert torch.equal(state[f"{UNET_PREFIX}{theirs}.{kind}"], unet[f"add_embedding.{ours}.{kind}"])
+    # use_linear_projection: proj_in / proj_out stay linear weights
+    assert state[f"{UNET_PREFIX}input_blocks.1.1.proj_in.weight"].ndim == 2
+
+
+def test_sdxl_unet_and_second_text_encoder_read_back_exactly_through_diffusers_converters():
+    import torch
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_open_clip_checkpoint
+
+    from policykit.artifact.single_file import SDXL_OPEN_CLIP_PREFIX, diffusers_to_ldm_state_dict
+
+    pipe = build_tiny_sdxl_pipeline()
+    state = diffusers_to_ldm_state_dict(pipe)
+    back, original = convert_ldm_unet_checkpoint(state, dict(pipe.unet.config)), pipe.unet.state_dict()
+    assert set(back) == set(original)
+    for key, value in original.items():
+        assert torch.equal(back[key], value), key
+    back = convert_open_clip_checkpoint(pipe.text_encoder_2, state, prefix=SDXL_OPEN_CLIP_PREFIX)
+    original = pipe.text_encoder_2.state_dict()
+    assert set(back) == {k for k in original if not k.endswith("position_ids")}
+    for key, value in back.items():
+        assert torch.equal(value, original[key]), key
+
+
+def test_sdxl_single_file_loads_back_through_stock_from_single_file(tmp_path):
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    from policykit.artifact.single_file import diffusers_to_ldm_state_dict
+
+    torch.manual_seed(0)
+    pipe = build_tiny_sdxl_pipeline()
+    config = tmp_path / "config"
+    pipe.save_pretrained(config)
+    out = tmp_path / "sdxl.safetensors"
+    save_file(diffusers_to_ldm_state_dict(pipe), str(out))
+    loaded = StableDiffusionXLPipeline.from_single_file(str(out), config=str(config), local_files_only=True)
+    # diffusers tells the two encoders apart by width: the tiny pipeline's differ (32, 48), as SDXL's do
+    for component in ["unet", "vae", "text_encoder", "text_encoder_2"]:
+        original, back = getattr(pipe, component).state_dict(), getattr(loaded, component).state_dict()
+        assert set(back) == set(original), component
+        for key, value in original.items():
+            assert back[key].device.type != "meta", f"{component}.{key} not loaded"
+            assert back[key].shape == value.shape, f"{component}.{key}"
+            assert torch.allclose(back[key], value, atol=1e-5), f"{component}.{key}"
+
+
+def test_sdxl_without_its_second_text_encoder_is_an_error():
+    from policykit.artifact.single_file import SingleFileUnsupported, diffusers_to_ldm_state_dict
+
+    pipe = build_tiny_sdxl_pipeline()
+    pipe.text_encoder_2 = None
+    with pytest.raises(SingleFileUnsupported, match="text_encoder_2"):
+        diffusers_to_ldm_state_dict(pipe)
 
 
 @pytest.mark.slow

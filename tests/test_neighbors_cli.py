@@ -74,3 +74,24 @@ def test_text_output_is_a_table(model_dir, capsys):
 def test_missing_model_is_a_diagnostic_not_a_traceback(tmp_path, capsys):
     code, doc = _json(capsys, "red circle", "--model", str(tmp_path / "nope"))
     assert code == 1 and doc["diagnostics"][0]["code"] == "model-not-available"
+
+
+def test_sdxl_radius_is_measured_in_both_encoders_joint_token_space(tmp_path, capsys):
+    from policykit.models.text import load_text_model
+    from policykit.testing import build_tiny_sdxl_pipeline
+
+    path = tmp_path / "xl"
+    build_tiny_sdxl_pipeline().save_pretrained(str(path))
+    code, doc = _json(capsys, "red circle", "--model", str(path), "--radius", "1.3", "--space", "token", "--samples", "3",
+                      "--phrase", "blue circle")
+    assert code == 0 and doc["tokens"] and all(t["distance"] <= 1.3 for t in doc["tokens"])
+    # the distance is over the 32 + 48 joint rows: recompute one from the two tables
+    text = load_text_model(path)
+    table = text.token_table()
+    assert table.shape[1] == 80
+    ids = text.tokenizer("red circle", add_special_tokens=False).input_ids
+    t = table[ids]
+    first = doc["tokens"][0]
+    moved = t.clone()
+    moved[first["span_index"]] = table[first["token_id"]]
+    assert abs(float((moved - t).norm() / t.norm()) - first["distance"]) < 1e-5

@@ -1,9 +1,12 @@
 """Exporting an artifact as a full model for tools that know nothing of policykit.
 
-``diffusers``: a complete ``StableDiffusionPipeline`` directory with the edit
-baked in (cross-attention deltas added, LoRA fused and removed), loadable with
-``StableDiffusionPipeline.from_pretrained(DIR)``. The export carries an
-``policykit-export.json`` naming the artifact it came from and its content id.
+``diffusers``: a complete pipeline directory of the base model's pipeline
+class (``StableDiffusionPipeline`` for SD 1.x / 2.x, ``StableDiffusionXLPipeline``
+for SDXL; its ``model_index.json`` names it) with the edit baked in
+(cross-attention deltas added, LoRA fused and removed), loadable with that
+class's ``from_pretrained(DIR)`` (or ``DiffusionPipeline.from_pretrained(DIR)``).
+The export carries an ``policykit-export.json`` naming the artifact it came
+from and its content id.
 
 Exports are written beside their target and renamed into place, and get the
 modes of any file the user creates (``0666 & ~umask``: 0644 under the usual
@@ -23,8 +26,9 @@ EXPORT_NOTE = "policykit-export.json"
 
 def load_baked_pipeline(artifact: str | Path, *, public_key=None, allow_unsigned: bool = False,
                         allow_failed_audit: bool = False):
-    """The artifact's edited pipeline (loading rule applied) with the LoRA fused into the weights
-    and removed, so the model is plain diffusers components any tool can save or convert.
+    """The artifact's edited pipeline (loading rule applied), of the base model's pipeline class, with
+    the LoRA fused into the weights and removed, so the model is plain diffusers components any tool can
+    save or convert.
 
     Returns ``(pipeline, note)``: ``note`` (:func:`export_note`) comes from the
     verified manifest, not from a second read of the artifact.
@@ -70,7 +74,9 @@ def _modes_of_user_files(root: Path, *, file_mode: int, dir_mode: int) -> None:
 
 def export_diffusers(artifact: str | Path, out: str | Path, *, public_key=None, allow_unsigned: bool = False,
                      allow_failed_audit: bool = False) -> Path:
-    """Write the edited model as a diffusers pipeline directory at ``out`` (which must not exist)."""
+    """Write the edited model as a diffusers pipeline directory at ``out`` (which must not exist), of the
+    base model's pipeline class: ``StableDiffusionXLPipeline.from_pretrained(out)`` loads an SDXL artifact's
+    export, ``StableDiffusionPipeline.from_pretrained(out)`` an SD 1.x / 2.x one."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new directory")

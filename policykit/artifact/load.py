@@ -83,7 +83,12 @@ def check_loadable(artifact: str | Path, *, public_key: str | Path | None = None
 
 
 def base_pipeline_for(verified: VerifiedArtifact, *, model_dir: str | Path | None = None):
-    """The base model the artifact was built on, resolved offline and checked against its sha256."""
+    """The base model the artifact was built on, resolved offline and checked against its sha256.
+
+    Returned as the pipeline class the model's ``model_index.json`` names
+    (``StableDiffusionPipeline`` for SD 1.x / 2.x, ``StableDiffusionXLPipeline``
+    for SDXL), which must be the class the manifest recorded, where it did.
+    """
     from policykit.models import load_pipeline as load_base
     from policykit.models import resolve_model
 
@@ -94,12 +99,19 @@ def base_pipeline_for(verified: VerifiedArtifact, *, model_dir: str | Path | Non
         raise ArtifactRefused(f"base model {model.ref} at {model.path} has sha256 {actual}, but {verified.path} "
                               f"was built on {base['sha256']}: the edit only applies to the exact model it was "
                               "made for")
-    return load_base(model)
+    pipe = load_base(model)
+    architecture = base.get("architecture")
+    recorded = architecture.get("pipeline_class") if isinstance(architecture, dict) else None
+    if recorded and recorded != type(pipe).__name__:
+        raise ArtifactRefused(f"base model {model.ref} at {model.path} is a {type(pipe).__name__}, but {verified.path} "
+                              f"was built on a {recorded}")
+    return pipe
 
 
 def build_pipeline(verified: VerifiedArtifact, *, device: str | None = None, model_dir: str | Path | None = None,
                    keep_adapter: bool = False):
-    """The edited pipeline of an artifact that passed :func:`open_artifact` (see :func:`load_pipeline`)."""
+    """The edited pipeline, of the base model's class, of an artifact that passed :func:`open_artifact`
+    (see :func:`load_pipeline`)."""
     from policykit.realera.edit import apply_edit, fuse_adapter, load_edit
 
     pipe = base_pipeline_for(verified, model_dir=model_dir)
@@ -118,7 +130,10 @@ def build_pipeline(verified: VerifiedArtifact, *, device: str | None = None, mod
 def load_pipeline(artifact: str | Path, *, public_key: str | Path | None = None, allow_unsigned: bool = False,
                   allow_failed_audit: bool = False, device: str | None = None, model_dir: str | Path | None = None,
                   keep_adapter: bool = False):
-    """A diffusers ``StableDiffusionPipeline`` with the artifact's edit applied.
+    """A diffusers pipeline of the base model's class with the artifact's edit applied.
+
+    The class is the base model's own: ``StableDiffusionPipeline`` (SD 1.x,
+    2.x and the built-in worlds) or ``StableDiffusionXLPipeline`` (SDXL).
 
     The loading rule is applied first (see the module docstring). The base
     model is resolved offline from the manifest (``model_dir`` overrides where
@@ -126,11 +141,12 @@ def load_pipeline(artifact: str | Path, *, public_key: str | Path | None = None,
 
     By default the LoRA is fused into the U-Net's weights and its peft layers
     removed, so the pipeline saves and reloads like any diffusers pipeline
-    (``pipe.save_pretrained(d)``; ``StableDiffusionPipeline.from_pretrained(d)``
-    draws the same images). ``keep_adapter=True`` keeps the LoRA as a separate,
-    active peft adapter named ``realera`` (to inspect or disable it); such a
-    pipeline's ``save_pretrained`` writes peft keys that plain diffusers does
-    not read as the edited model.
+    (``pipe.save_pretrained(d)``; ``type(pipe).from_pretrained(d)``, e.g.
+    ``StableDiffusionXLPipeline.from_pretrained(d)`` for SDXL, draws the same
+    images). ``keep_adapter=True`` keeps the LoRA as a separate, active peft
+    adapter named ``realera`` (to inspect or disable it); such a pipeline's
+    ``save_pretrained`` writes peft keys that plain diffusers does not read as
+    the edited model.
     """
     verified = open_artifact(artifact, public_key=public_key, allow_unsigned=allow_unsigned,
                              allow_failed_audit=allow_failed_audit)

@@ -1,12 +1,16 @@
 """Exporting an artifact as one ``.safetensors`` file in the original Stable Diffusion layout.
 
-AUTOMATIC1111, ComfyUI and ``StableDiffusionPipeline.from_single_file`` read
-the checkpoint layout of the original (LDM / CompVis) code base, not diffusers'
-per-component directories. This module renames the edited pipeline's tensors
-into that layout:
+AUTOMATIC1111, ComfyUI and ``StableDiffusionPipeline.from_single_file`` /
+``StableDiffusionXLPipeline.from_single_file`` read the checkpoint layout of the
+original (LDM / CompVis, and for SDXL Stability's ``generative-models``) code
+bases, not diffusers' per-component directories. This module renames the edited
+pipeline's tensors into that layout:
 
 - U-Net  -> ``model.diffusion_model.*`` (``input_blocks`` / ``middle_block`` /
-  ``output_blocks``, numbered the way the LDM U-Net builds its layers),
+  ``output_blocks``, numbered the way the LDM U-Net builds its layers; SDXL's
+  added conditioning ``add_embedding.linear_1`` / ``linear_2`` ->
+  ``label_emb.0.0`` / ``label_emb.0.2``; transformer blocks keep their names,
+  ``proj_in`` / ``proj_out`` staying linear under ``use_linear_projection``),
 - VAE    -> ``first_stage_model.*`` (``encoder.down.N.block.M`` ..., the
   decoder's ``up`` blocks counted from the lowest resolution, attention
   projections as 1x1 convolutions),
@@ -17,11 +21,18 @@ into that layout:
   ``transformer.resblocks.N`` (``ln_1``, ``attn.in_proj_weight`` / ``_bias``
   with query, key and value stacked in that order, ``attn.out_proj``,
   ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``) and ``ln_final``.
+- SDXL (recognised by its second text encoder, ``text_encoder_2``): the CLIP
+  ViT-L ``text_encoder`` -> ``conditioner.embedders.0.transformer.text_model.*``
+  and the OpenCLIP ViT-bigG ``text_encoder_2`` -> ``conditioner.embedders.1.model.*``
+  in the OpenCLIP layout above, its projection ``text_projection.weight``
+  (a ``Linear`` weight, projection x hidden) stored transposed as the matrix
+  ``conditioner.embedders.1.model.text_projection`` (hidden x projection).
 
 The numbering is derived from the model's own modules, not from SD 1.5's
 fixed counts, so small or non-standard U-Nets (``builtin:shapes``) convert too.
 Every tensor is placed exactly once; one the layout has no place for
-(class embeddings, SDXL's added conditioning, ...) is an error, never dropped.
+(class embeddings, added conditioning other than SDXL's ``text_time``, ...) is
+an error, never dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_ENCODER_PREFIX = "cond_stage_model.transformer."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
+SDXL_TEXT_ENCODER_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 # Module renames inside one residual block: diffusers name -> LDM name.
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -81,6 +94,9 @@ def _unet_places(unet) -> _Places:
     places.add("conv_in", "input_blocks.0.0")
     places.add("time_embedding.linear_1", "time_embed.0")
     places.add("time_embedding.linear_2", "time_embed.2")
+    if unet.config.get("addition_embed_type") == "text_time":  # SDXL's pooled text embedding and time ids
+        places.add("add_embedding.linear_1", "label_emb.0.0")
+        places.add("add_embedding.linear_2", "label_emb.0.2")
     # input_blocks: one entry per (resnet [+ attention]) and one per downsampler, in order
     index = 1
     for b, block in enumerate(unet.down_blocks):
@@ -164,6 +180,30 @@ def is_open_clip(pipe) -> bool:
     return tokenizer is not None and tokenizer.pad_token != tokenizer.eos_token
 
 
+def is_sdxl(pipe) -> bool:
+    """True for an SDXL pipeline: it has a second text encoder (or is a ``StableDiffusionXLPipeline``)."""
+    return getattr(pipe, "text_encoder_2", None) is not None or type(pipe).__name__ == "StableDiffusionXLPipeline"
+
+
+def text_encoder_layouts(pipe) -> list[tuple[str, str, bool]]:
+    """``(component, LDM prefix, OpenCLIP layout?)`` for each of the pipeline's text encoders.
+
+    SD 1.x: the CLIP ``text_encoder`` in the transformers layout; SD 2.x: the
+    same component in the OpenCLIP layout; SDXL: CLIP ViT-L in the transformers
+    layout and OpenCLIP ViT-bigG (``text_encoder_2``) in the OpenCLIP layout.
+    Raises :class:`SingleFileUnsupported` for an SDXL pipeline without both.
+    """
+    if is_sdxl(pipe):
+        missing = [c for c in ("text_encoder", "text_encoder_2") if getattr(pipe, c, None) is None]
+        if missing:
+            raise SingleFileUnsupported(f"the SDXL checkpoint layout needs both text encoders; this pipeline has no "
+                                        f"{' and no '.join(missing)}; export with --format diffusers instead")
+        return [("text_encoder", SDXL_TEXT_ENCODER_PREFIX, False), ("text_encoder_2", SDXL_OPEN_CLIP_PREFIX, True)]
+    if is_open_clip(pipe):
+        return [("text_encoder", OPEN_CLIP_PREFIX, True)]
+    return [("text_encoder", TEXT_ENCODER_PREFIX, False)]
+
+
 _OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
                     "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
 _OPEN_CLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
@@ -171,12 +211,16 @@ _OPEN_CLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
                   "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
 
 
-def open_clip_state_dict(text_encoder) -> dict[str, "torch.Tensor"]:
-    """A ``CLIPTextModel``'s tensors in SD 2.x's OpenCLIP layout (``cond_stage_model.model.*``).
+def open_clip_state_dict(text_encoder, prefix: str = OPEN_CLIP_PREFIX,
+                         component: str = "text_encoder") -> dict[str, "torch.Tensor"]:
+    """A ``CLIPTextModel``'s tensors in the OpenCLIP layout under ``prefix`` (SD 2.x: ``cond_stage_model.model.``,
+    SDXL's second text encoder: ``conditioner.embedders.1.model.``).
 
     Query, key and value projections are stacked into ``attn.in_proj_weight`` / ``in_proj_bias`` (in that
-    order); buffers such as ``position_ids`` have no place there and are left out. Raises
-    :class:`SingleFileUnsupported` for any other tensor.
+    order); outside SD 2.x's prefix, a ``CLIPTextModelWithProjection``'s ``text_projection.weight`` (projection x
+    hidden) becomes the matrix ``text_projection`` (hidden x projection: OpenCLIP multiplies ``x @ text_projection``);
+    buffers such as ``position_ids`` have no place there and are left out. Raises :class:`SingleFileUnsupported`
+    (naming ``component``) for any other tensor.
     """
     import torch
 
@@ -186,11 +230,16 @@ def open_clip_state_dict(text_encoder) -> dict[str, "torch.Tensor"]:
     placed = set()
     for key, tensor in state.items():
         if key in _OPEN_CLIP_TOP:
-            out[OPEN_CLIP_PREFIX + _OPEN_CLIP_TOP[key]] = tensor
+            out[prefix + _OPEN_CLIP_TOP[key]] = tensor
             placed.add(key)
+    # SD 2.x's readers skip ``cond_stage_model.model.text_projection`` (its pipeline has no projection): a
+    # projection there would be lost on reading, so it stays without a place (an error) outside SDXL
+    if "text_projection.weight" in state and prefix != OPEN_CLIP_PREFIX:
+        out[prefix + "text_projection"] = state["text_projection.weight"].T
+        placed.add("text_projection.weight")
     layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
     for i in layers:
-        source, target = f"encoder.layers.{i}.", f"{OPEN_CLIP_PREFIX}transformer.resblocks.{i}."
+        source, target = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
         for kind in ("weight", "bias"):
             parts = [f"{source}self_attn.{p}_proj.{kind}" for p in ("q", "k", "v")]
             out[f"{target}attn.in_proj_{kind}"] = torch.cat([state[p] for p in parts])
@@ -200,7 +249,7 @@ def open_clip_state_dict(text_encoder) -> dict[str, "torch.Tensor"]:
                 placed.add(f"{source}{ours}.{kind}")
     unplaced = [k for k in state if k not in placed and not k.endswith("position_ids")]
     if unplaced:
-        raise SingleFileUnsupported(f"the OpenCLIP layout has no place for text_encoder.{unplaced[0]}; "
+        raise SingleFileUnsupported(f"the OpenCLIP layout has no place for {component}.{unplaced[0]}; "
                                     "export with --format diffusers instead")
     return {k: v.contiguous() for k, v in out.items()}
 
@@ -208,6 +257,8 @@ def open_clip_state_dict(text_encoder) -> dict[str, "torch.Tensor"]:
 def ldm_key_map(pipe) -> dict[str, str]:
     """Where each tensor goes: ``"unet.KEY"`` / ``"vae.KEY"`` / ``"text_encoder.KEY"`` -> LDM key.
 
+    Text encoders in the OpenCLIP layout (SD 2.x's, SDXL's ``text_encoder_2``) are not in the map: their
+    query, key and value projections are stacked into one tensor there (see :func:`open_clip_state_dict`).
     Raises :class:`SingleFileUnsupported` naming any tensor the layout has no place for.
     """
     mapping: dict[str, str] = {}
@@ -220,9 +271,10 @@ def ldm_key_map(pipe) -> dict[str, str]:
                 unplaced.append(f"{component}.{key}")
             else:
                 mapping[f"{component}.{key}"] = prefix + ldm
-    if not is_open_clip(pipe):
-        for key in pipe.text_encoder.state_dict():
-            mapping[f"text_encoder.{key}"] = TEXT_ENCODER_PREFIX + _text_encoder_key(key)
+    for component, prefix, open_clip in text_encoder_layouts(pipe):
+        if not open_clip:
+            for key in getattr(pipe, component).state_dict():
+                mapping[f"{component}.{key}"] = prefix + _text_encoder_key(key)
     if unplaced:
         shown = ", ".join(unplaced[:5]) + (f" and {len(unplaced) - 5} more" if len(unplaced) > 5 else "")
         raise SingleFileUnsupported(f"the original Stable Diffusion checkpoint layout has no place for {shown}; "
@@ -231,15 +283,22 @@ def ldm_key_map(pipe) -> dict[str, str]:
 
 
 def diffusers_to_ldm_state_dict(pipe) -> dict[str, "torch.Tensor"]:
-    """The pipeline's U-Net, VAE and text encoder tensors under their original Stable Diffusion names.
+    """The pipeline's U-Net, VAE and text encoder(s) tensors under their original Stable Diffusion names.
 
     ``pipe`` must have its edit baked in (no active LoRA layers: fuse and
     unload first). The VAE attention's q/k/v/proj_out weights become 1x1
-    convolutions; every other tensor keeps its shape.
+    convolutions, OpenCLIP's query/key/value projections one stacked tensor
+    and its text projection the transposed matrix; every other tensor keeps
+    its shape.
     """
     mapping = ldm_key_map(pipe)
-    out: dict[str, "torch.Tensor"] = open_clip_state_dict(pipe.text_encoder) if is_open_clip(pipe) else {}
-    for component in ("unet", "vae") if is_open_clip(pipe) else ("unet", "vae", "text_encoder"):
+    layouts = text_encoder_layouts(pipe)
+    out: dict[str, "torch.Tensor"] = {}
+    for component, prefix, open_clip in layouts:
+        if open_clip:
+            out.update(open_clip_state_dict(getattr(pipe, component), prefix, component))
+    components = ["unet", "vae"] + [component for component, _, open_clip in layouts if not open_clip]
+    for component in components:
         for key, tensor in getattr(pipe, component).state_dict().items():
             ldm = mapping[f"{component}.{key}"]
             if ldm in out:  # two places onto one name would silently lose a tensor

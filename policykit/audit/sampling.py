@@ -72,7 +72,7 @@ NEIGHBORS_PER_CONCEPT = 2
 
 def neighbor_conditionings(plan, pipe, *, seed: int, per_concept: int = NEIGHBORS_PER_CONCEPT):
     """Held-out neighbours of every erased concept, as prompts of role ``neighbor`` and their
-    conditionings ``(n, L, d)``.
+    conditionings ``(n, S, d)``.
 
     Drawn like mining draws (same space, radius and cosine floor, first
     template) but from the ``audit`` random stream, so they are neighbours the
@@ -81,6 +81,7 @@ def neighbor_conditionings(plan, pipe, *, seed: int, per_concept: int = NEIGHBOR
     """
     import torch
 
+    from policykit.models.text import text_model
     from policykit.realera.mining import mine_samples
 
     prompts: list[AuditPrompt] = []
@@ -90,7 +91,7 @@ def neighbor_conditionings(plan, pipe, *, seed: int, per_concept: int = NEIGHBOR
         if per_concept <= 0 or n.radius <= 0:
             continue
         with torch.no_grad():
-            mined = mine_samples(pipe.text_encoder, pipe.tokenizer, concept.templates[:1], concept.concept,
+            mined = mine_samples(text_model(pipe), concept.templates[:1], concept.concept,
                                  concept.anchor, count=per_concept, low=0.0, high=n.radius, seed=seed,
                                  space=n.space, min_cosine=n.min_cosine, purpose="audit")
         for template in mined.templates:
@@ -116,11 +117,13 @@ def generate(pipe, prompts: Sequence[str], *, per_prompt: int, seed: int, steps:
              batch_size: int = 16, on_batch: Callable[[int], None] | None = None, conditionings=None) -> np.ndarray:
     """``per_prompt`` images for each prompt as (len(prompts), per_prompt, H, W, 3) uint8.
 
-    With ``conditionings`` (``(len(prompts), L, d)``), image ``i`` is drawn from
+    With ``conditionings`` (``(len(prompts), S, d)``), image ``i`` is drawn from
     that text-encoder output instead of encoding ``prompts[i]``, which then only
     names it (and seeds it).
     """
     import torch
+
+    from policykit.models.text import text_model
 
     jobs = [(p, j) for p in prompts for j in range(per_prompt)]
     rows = [i for i in range(len(prompts)) for _ in range(per_prompt)]
@@ -133,9 +136,8 @@ def generate(pipe, prompts: Sequence[str], *, per_prompt: int, seed: int, steps:
         if conditionings is None:
             text = {"prompt": [p for p, _ in batch]}
         else:
-            embeds = conditionings[rows[start:start + batch_size]]
-            text = {"prompt_embeds": embeds.to(device=device, dtype=pipe.text_encoder.dtype),
-                    "negative_prompt": [""] * len(batch)}
+            embeds = conditionings[rows[start:start + batch_size]].to(device=device, dtype=pipe.text_encoder.dtype)
+            text = text_model(pipe).pipeline_inputs(embeds)
         with torch.no_grad():
             out = pipe(**text, num_inference_steps=steps, guidance_scale=guidance,
                        generator=generators, output_type="np")

@@ -24,7 +24,9 @@ def run(args) -> int:
     except (ModelNotAvailable, FileExistsError, OSError, ValueError) as exc:
         print(f"policykit export: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    print(f"exported {args.artifact} to {out} (StableDiffusionPipeline.from_pretrained({str(out)!r}))")
+    from policykit.models.loading import pipeline_class_name
+
+    print(f"exported {args.artifact} to {out} ({pipeline_class_name(out)}.from_pretrained({str(out)!r}))")
     return EXIT_OK
 
 
@@ -44,5 +46,16 @@ def _run_single_file(args) -> int:
         print(f"policykit export: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(f"exported {args.artifact} to {out} (original Stable Diffusion checkpoint layout; diffusers reads it "
-          "with StableDiffusionPipeline.from_single_file(FILE, config=BASE_MODEL_DIR))")
+          f"with {_single_file_class(out)}.from_single_file(FILE, config=BASE_MODEL_DIR))")
     return EXIT_OK
+
+
+def _single_file_class(path) -> str:
+    """The diffusers class that reads a single-file export back: SDXL's when the file holds its second encoder."""
+    from safetensors import safe_open
+
+    from policykit.artifact.single_file import SDXL_OPEN_CLIP_PREFIX
+
+    with safe_open(str(path), "pt") as handle:
+        sdxl = any(k.startswith(SDXL_OPEN_CLIP_PREFIX) for k in handle.keys())
+    return "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"

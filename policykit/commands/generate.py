@@ -9,7 +9,13 @@ from policykit.cli import EXIT_ERROR, EXIT_OK
 
 
 def run(args) -> int:
-    """Load the artifact under the loading rule, generate, save PNGs."""
+    """Load the artifact under the loading rule, generate, save PNGs.
+
+    The pipeline is of the base model's class (``StableDiffusionPipeline`` or
+    ``StableDiffusionXLPipeline``) and is called with prompts only, as the
+    audit calls it: SDXL's second text encoder, pooled embedding and size
+    conditions are filled in by the pipeline itself, at the model's own resolution.
+    """
     from policykit.artifact.load import ArtifactRefused, build_pipeline, open_artifact
     from policykit.audit.run import sampling_for
     from policykit.audit.sampling import generate

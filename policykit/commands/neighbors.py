@@ -65,11 +65,11 @@ def run(args) -> int:
     from policykit.realera.conflicts import load_text_model, radius_coverage
     from policykit.realera.prompts import PromptError
 
-    tokenizer, text_encoder = load_text_model(model.path)
+    text = load_text_model(model.path)
     try:
-        coverage = radius_coverage(text_encoder, tokenizer, args.concept, radius=radius, space=space,
+        coverage = radius_coverage(text, args.concept, radius=radius, space=space,
                                    template=template, phrases=phrases, min_cosine=min_cosine, token_limit=args.limit)
-        mined = _decode_samples(text_encoder, tokenizer, args.concept, template, radius, min_cosine, samples,
+        mined = _decode_samples(text, args.concept, template, radius, min_cosine, samples,
                                 space, args.seed)
     except PromptError as exc:
         return _fail(Diagnostic("concept-not-located", str(exc), "<command line>"), args.format)
@@ -93,7 +93,7 @@ def _policy_phrases(compiled, concept: str) -> list[tuple[str, str]]:
     return out
 
 
-def _decode_samples(text_encoder, tokenizer, concept: str, template: str, radius: float, min_cosine: float,
+def _decode_samples(text, concept: str, template: str, radius: float, min_cosine: float,
                     count: int, space: str, seed: int) -> dict:
     """Draw the ``count`` neighbors mining would draw (token space: decode each to its nearest tokens)."""
     import torch
@@ -101,8 +101,9 @@ def _decode_samples(text_encoder, tokenizer, concept: str, template: str, radius
     from policykit.realera.mining import sample_perturbations, stream_generator
     from policykit.realera.prompts import locate_concept
 
+    tokenizer = text.tokenizer
     located = locate_concept(tokenizer, template, concept)
-    table = text_encoder.get_input_embeddings().weight.detach().to(torch.float64)
+    table = text.token_table()
     ids = [located.input_ids[i] for i in located.span]
     t = table[ids]
     generator = stream_generator(seed, "neighbors", "token", concept, template)

@@ -151,8 +151,7 @@ def model_check(loaded, graph, *, skip: bool = False) -> list[Diagnostic]:
         from policykit.plan import compile_plan
         from policykit.realera.conflicts import find_conflicts, load_text_model
 
-        tokenizer, text_encoder = load_text_model(model.path)
-        return find_conflicts(loaded, graph, compile_plan(loaded), text_encoder, tokenizer)
+        return find_conflicts(loaded, graph, compile_plan(loaded), load_text_model(model.path))
     except ImportError as exc:  # torch/transformers not installed: plan still works without the check
         return [Diagnostic(MODEL_CHECK_SKIPPED, f"model check skipped: {exc}", str(file), line, col, "note")]
     except (OSError, ValueError) as exc:  # unreadable text encoder, a concept the tokenizer cannot place

@@ -1,15 +1,14 @@
 """Name-only erasure on builtin:emblems: what it removes, what it keeps, what it leaves.
 
 ``python -m policykit.emblems.fidelity`` erases entities one at a time, by
-their NAME only, with a UCE-style closed-form edit of the cross-attention
-``to_k``/``to_v`` projections (``policykit.realera.closed_form``; UCE's
-lambda 0.1, erase scale 1, preserve scale 0.1): the name's last token, the
-EOS token and every padding position, in each of the world's templates, map
-to the empty prompt's (right-aligned: last token with the position before
-EOS, EOS with EOS, padding with padding; ``--leak-padding N`` edits only N
-padding positions); the object phrases (``a red star``) are preserved. It
-then samples, per erased entity, with the same prompts and seeds before and
-after the edit,
+their NAME only, with a preset of the engine (default ``uce``: UCE as its
+authors wrote it, docs/method.md "Presets": the name's last token, EOS and
+every padding position mapped to the empty prompt's, the empty prompt
+preserved, lambda 0.5). ``--preserve`` adds what the policy preserves:
+``none`` (the preset alone), ``objects`` (the world's 54 object phrases,
+``a red star``) or ``names`` (every other entity's name, as a brand list
+would keep its other brands). It then samples, per erased entity, with the
+same prompts and seeds before and after the edit,
 
 - images of the erased name: how often the entity is drawn (erasure);
 - images of its associated phrases: how often it is drawn (the residue a
@@ -29,68 +28,51 @@ import numpy as np
 
 from policykit.emblems.world import World, load_world
 
-UCE_LAMBDA, UCE_ERASE_SCALE, UCE_PRESERVE_SCALE = 0.1, 1.0, 0.1
+PRESERVES = ("none", "objects", "names")
 
 
-def _states(pipe, prompts: list[str]):
-    import torch
-
-    tok = pipe.tokenizer
-    with torch.no_grad():
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
-        return pipe.text_encoder(ids)[0], ids
-
-
-def _real_length(tokenizer, text: str) -> int:
-    """Tokens of ``text`` with BOS and EOS."""
-    return len(tokenizer(text).input_ids)
+def preserved_phrases(world: World, name: str, preserve: str) -> list[str]:
+    """What a name-only policy preserves under ``preserve`` (see the module docstring)."""
+    if preserve == "objects":
+        return [world.object_phrase(c, s) for c in world.colours for s in world.shapes]
+    if preserve == "names":
+        return [e.name for e in world.entities if e.name != name]
+    return []
 
 
-def name_erase_rows(pipe, world: World, name: str, leak_padding: int | None = None):
-    """(embeddings, targets): name's last token + EOS + padding, and the empty prompt's partners, every template.
+def name_plan(world: World, name: str, method: str = "uce", preserve: str = "none"):
+    """The compiled plan erasing ``name`` alone (anchor: the empty prompt) with ``method``."""
+    from policykit.plan import compile_plan
+    from policykit.policy.schema import Policy
 
-    ``leak_padding`` limits the padding positions to that many after EOS (None: all, as UCE does).
-    """
-    import torch
-
-    tok = pipe.tokenizer
-    prompts = [t.format(name) for t in world.templates]
-    anchors = [" ".join(t.format("").split()) for t in world.templates]
-    hidden, _ = _states(pipe, prompts)
-    anchor_hidden, _ = _states(pipe, anchors)
-    e, e_star = [], []
-    for k, template in enumerate(world.templates):
-        last = _real_length(tok, template.split("{}")[0] + name) - 2
-        eos = _real_length(tok, prompts[k]) - 1
-        anchor_eos = _real_length(tok, anchors[k]) - 1
-        positions = [last] + list(range(eos, tok.model_max_length))
-        partners = [max(anchor_eos - 1, 0)] + list(range(anchor_eos, tok.model_max_length))
-        n = min(len(positions), len(partners), 2 + (leak_padding if leak_padding is not None else tok.model_max_length))
-        positions, partners = positions[:n], partners[:n]
-        e.append(hidden[k, positions])
-        e_star.append(anchor_hidden[k, partners])
-    return torch.cat(e), torch.cat(e_star)
+    if preserve not in PRESERVES:
+        raise ValueError(f"preserve must be one of {PRESERVES}, got {preserve!r}")
+    policy = {
+        "apiVersion": "policykit/v1alpha1", "kind": "ErasurePolicy",
+        "metadata": {"name": "emblems-fidelity", "version": "1.0.0"},
+        "base_model": {"id": "builtin:emblems"},
+        "defaults": {"templates": list(world.templates)},
+        "erase": [{"concept": name, "anchor": ""}],
+        "preserve": [{"concept": p} for p in preserved_phrases(world, name, preserve)],
+        "training": {"method": method, "seed": 0},
+    }
+    return compile_plan(Policy.model_validate(policy))
 
 
-def preserve_rows(pipe, world: World):
-    """Every position of every template with each canonical object phrase (``a red star``)."""
-    prompts = [t.format(world.object_phrase(c, s)) for c in world.colours for s in world.shapes for t in world.templates]
-    hidden, _ = _states(pipe, prompts)
-    return hidden.reshape(-1, hidden.shape[-1])
+def erase_name(pipe, world: World, name: str, method: str = "uce", preserve: str = "none") -> dict:
+    """The weight deltas (``state_dict`` keys of the U-Net) that erase ``name`` with ``method``."""
+    from policykit.realera.engine import run_plan
 
-
-def erase_name(pipe, world: World, name: str, preserved=None, leak_padding: int | None = None) -> dict:
-    """The edited ``to_k``/``to_v`` weights (``state_dict`` keys) that erase ``name``."""
-    from policykit.realera.closed_form import closed_form_refine
-
-    e, e_star = name_erase_rows(pipe, world, name, leak_padding)
-    preserved = preserve_rows(pipe, world) if preserved is None else preserved
-    return closed_form_refine(pipe.unet, [(e, e_star, UCE_ERASE_SCALE)], [(preserved, UCE_PRESERVE_SCALE)], UCE_LAMBDA)
+    plan = name_plan(world, name, method, preserve)
+    edit = run_plan(plan, pipe, cache_dir=None, inputs_key="builtin:emblems", log=lambda line: None,
+                    progress=False)
+    if edit.lora is not None:
+        raise ValueError(f"{method} trains a LoRA; fidelity measures closed-form presets (uce, mace, realera-cf)")
+    return edit.weights
 
 
 def measure(pipe, world: World, erased: list[str], images: int = 4, others: int = 24, seed: int = 0,
-            leak_padding: int | None = None, **sampling) -> list[dict]:
+            method: str = "uce", preserve: str = "none", **sampling) -> list[dict]:
     """Per erased entity, before and after the edit: share of name images showing it, of phrase images
     showing it, and of other entities' images showing them (same prompts and seeds)."""
     import torch
@@ -98,8 +80,8 @@ def measure(pipe, world: World, erased: list[str], images: int = 4, others: int 
     from policykit.emblems.classify import classify_images
     from policykit.emblems.sampling import sample_images
 
-    preserved = preserve_rows(pipe, world)
-    original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    from policykit.realera.edit import temporary_edit
+
     rng = np.random.default_rng([seed, 11])
     rows = []
     for name in erased:
@@ -110,14 +92,9 @@ def measure(pipe, world: World, erased: list[str], images: int = 4, others: int 
         prompts += [world.templates[(i + 2) % len(world.templates)].format(p) for p in entity.associated for i in range(images)]
         prompts += [world.templates[i % len(world.templates)].format(u.name) for u in unrelated for i in range(2)]
         before = [r.entity for r in classify_images(world, sample_images(pipe, prompts, seed=seed, **sampling))]
-        edited = erase_name(pipe, world, name, preserved, leak_padding)
-        with torch.no_grad():
-            pipe.unet.load_state_dict({**original, **edited})
-        try:
+        delta = erase_name(pipe, world, name, method, preserve)
+        with torch.no_grad(), temporary_edit(pipe.unet, delta):
             after = [r.entity for r in classify_images(world, sample_images(pipe, prompts, seed=seed, **sampling))]
-        finally:
-            with torch.no_grad():
-                pipe.unet.load_state_dict(original)
         n_phr = images * len(entity.associated)
         wanted_others = [u.name for u in unrelated for _ in range(2)]
         row = {"entity": name}
@@ -138,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entities", type=int, default=8, help="erase this many entities (spread over the list)")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--others", type=int, default=24)
-    parser.add_argument("--leak-padding", type=int, help="padding positions after EOS to edit (default: all, as UCE)")
+    parser.add_argument("--method", default="uce", help="a closed-form preset: uce (default), mace, realera-cf")
+    parser.add_argument("--preserve", choices=PRESERVES, default="none",
+                        help="what the name-only policy preserves besides the preset's own (default: none)")
     args = parser.parse_args(argv)
 
     import torch
@@ -148,11 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(args.model)
     step = max(1, len(world.entities) // args.entities)
     erased = [world.entities[i].name for i in range(0, len(world.entities), step)][:args.entities]
-    rows = measure(pipe, world, erased, images=args.images, others=args.others, leak_padding=args.leak_padding,
-                   steps=SAMPLING_STEPS, guidance_scale=GUIDANCE_SCALE)
-    padding = "all padding positions" if args.leak_padding is None else f"{args.leak_padding} padding positions"
-    print(f"## Name-only UCE erasure (last name token, EOS, {padding}; {args.images} images per prompt, "
-          f"{args.others} unrelated entities x 2 images; before -> after the edit)\n")
+    rows = measure(pipe, world, erased, images=args.images, others=args.others, method=args.method,
+                   preserve=args.preserve, steps=SAMPLING_STEPS, guidance_scale=GUIDANCE_SCALE)
+    print(f"## Name-only erasure with the `{args.method}` preset, preserving {args.preserve} ({args.images} images "
+          f"per prompt, {args.others} unrelated entities x 2 images; before -> after the edit)\n")
     print("| erased entity | name draws it | associated phrases draw it (residue) | unrelated entities right |")
     print("|---|---|---|---|")
     keys = ("name", "phrase", "others")

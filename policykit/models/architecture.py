@@ -14,11 +14,13 @@ Families
     its end-of-text token (SD 1.x, and policykit's built-in worlds).
     ``sd2``: ``StableDiffusionPipeline`` whose tokenizer pads with another
     token (the OpenCLIP tokenizer of SD 2.x pads with ``!``, id 0), epsilon
-    or v-prediction. ``sdxl``: ``StableDiffusionXLPipeline``.
+    or v-prediction. ``sdxl``: ``StableDiffusionXLPipeline`` with two text
+    encoders whose widths add up to the U-Net's cross-attention width and
+    SDXL's added conditions (``text_time``).
 
-Support today: ``sd1`` and ``sd2`` (epsilon and v-prediction). ``sdxl`` is
-recognised and refused with a diagnostic (two text encoders and added
-conditions are not implemented yet); any other pipeline is refused.
+Supported: ``sd1``, ``sd2`` (epsilon and v-prediction) and ``sdxl``
+(:mod:`policykit.models.text` says how each is conditioned); any other
+pipeline, or one of these whose configs do not fit together, is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_FAMILIES = ("sd1", "sd2")
+SUPPORTED_FAMILIES = ("sd1", "sd2", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -96,9 +98,14 @@ def detect_architecture(path: str | Path) -> Architecture:
 
     if pipeline_class == "StableDiffusionXLPipeline":
         family = "sdxl"
-        problems.append("SDXL is not supported yet: its two text encoders (concatenated to "
-                        f"{dim}-wide cross-attention rows) and its pooled text embedding and time ids are not "
-                        "implemented; use an SD 1.x or 2.x model")
+        if len(widths) != 2:
+            problems.append(f"an SDXL pipeline needs two text encoders, this one has {len(widths)}")
+        elif not isinstance(dim, int) or sum(widths) != dim:
+            problems.append(f"the text encoders are {' + '.join(map(str, widths))} wide but the U-Net's "
+                            f"cross-attention reads {dim!r}")
+        if unet.get("addition_embed_type") != "text_time":
+            problems.append(f"the U-Net's added conditions are {unet.get('addition_embed_type')!r}, not SDXL's "
+                            "'text_time' (pooled text embedding and time ids)")
     elif pipeline_class == "StableDiffusionPipeline":
         family = "sd2" if _pad_is_eos(root / "tokenizer") is False else "sd1"
         if not isinstance(dim, int):

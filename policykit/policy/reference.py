@@ -215,11 +215,18 @@ The architecture found is recorded in the artifact's manifest (`base_model.archi
 |---|---|---|---|
 | SD 1.x, and builtin:shapes | `StableDiffusionPipeline`, CLIP tokenizer padding with its end-of-text token | all | diffusers, single-file |
 | SD 2.x (epsilon or v-prediction) | `StableDiffusionPipeline`, OpenCLIP tokenizer (pads with `!`) | all | diffusers, single-file (OpenCLIP layout, `cond_stage_model.model.*`) |
-| SDXL | `StableDiffusionXLPipeline` | refused at plan time (two text encoders and added conditions are not implemented yet) | - |
-| anything else | any other pipeline class, or a U-Net with added conditions | refused | - |
+| SDXL | `StableDiffusionXLPipeline`: two text encoders whose widths add up to the U-Net's cross-attention, `text_time` added conditions | all | diffusers (`StableDiffusionXLPipeline`), single-file (SDXL layout, `conditioner.embedders.0/1.*`) |
+| anything else | any other pipeline class, configs that do not fit together, or an SD U-Net with added conditions | refused | - |
+
+SDXL is conditioned as its pipeline conditions it: both encoders' penultimate hidden states
+side by side (768 + 1280 = 2048 wide rows, which the closed form edits), the second encoder's pooled
+embedding and the time ids as added conditions, zeros as the unconditional branch. Mining and the
+radius decoder work in the joint token space of both embedding tables. LoRAs are saved in the
+diffusers format of the model's own pipeline class.
 
 On CUDA the model runs in bfloat16 (float16 where bf16 is missing), the closed form solves in float64
-and the LoRA trains in float32; on the CPU everything is float32.
+and the LoRA trains in float32; on the CPU everything is float32. The manifest records all three
+(`runtime.precision`).
 """
 
 _FORMAT = """\

@@ -9,23 +9,25 @@ the preserve set of the closed form and of noise alignment.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from policykit.realera.mining import MinedSamples, mine_samples
 from policykit.realera.prompts import DEFAULT_LEAK_PADDING
 
+if TYPE_CHECKING:
+    from policykit.models.text import TextModel
 
-def mine_beyond(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
+
+def mine_beyond(text: "TextModel", templates: Sequence[str], concept: str, anchor: str, *, count: int,
                 radius: float, beyond_radius: float | None, seed: int, space: str = "token",
                 min_cosine: float | None = None, leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32) -> MinedSamples:
     """Stage 2: ``count`` shell samples per template with ``radius < rho/||t|| <= beyond_radius`` (default 2 x radius)."""
     beyond = 2 * radius if beyond_radius is None else beyond_radius
     if beyond <= radius:
         raise ValueError(f"beyond_radius ({beyond}) must be larger than radius ({radius})")
-    return mine_samples(text_encoder, tokenizer, templates, concept, anchor, count=count, low=radius, high=beyond,
+    return mine_samples(text, templates, concept, anchor, count=count, low=radius, high=beyond,
                         seed=seed, space=space, min_cosine=min_cosine, leak_padding=leak_padding,
                         batch_size=batch_size, purpose="beyond")
-
 
 
 def run(plan, pipeline, settings, *, leak_padding: int | None, shell_weight: float, batch_size: int = 32):
@@ -38,14 +40,16 @@ def run(plan, pipeline, settings, *, leak_padding: int | None, shell_weight: flo
     """
     import torch
 
-    from policykit.realera.encoding import PreserveRows, erased_phrases, stack, text_shape
+    from policykit.models.text import text_model
+    from policykit.realera.encoding import PreserveRows, erased_phrases, stack
 
-    length, width = text_shape(pipeline)
+    text = text_model(pipeline)
+    length, width = text.sequence_length, text.width
     rows, seqs, beta = [], [], []
     drawn = accepted = 0
     for p in erased_phrases(plan):
         n = p.neighbors
-        samples = mine_beyond(pipeline.text_encoder, pipeline.tokenizer, p.templates, p.phrase, p.anchor,
+        samples = mine_beyond(text, p.templates, p.phrase, p.anchor,
                               count=n.beyond_samples, radius=n.radius, beyond_radius=n.beyond_radius,
                               seed=settings.seed, space=n.space, leak_padding=leak_padding, batch_size=batch_size)
         if samples.count:

@@ -32,8 +32,10 @@ Decoding a radius (for the audit and ``plan``)
     prompt's outputs are taken at the partner positions of the anchor
     alignment.
 
-``load_text_model`` loads only the tokenizer and text encoder of a resolved
-model, which is all ``plan`` and ``neighbors`` need.
+Every function takes the model's :class:`~policykit.models.text.TextModel`
+(for SDXL the token space is both encoders' tables side by side); ``load_text_model``
+loads only the tokenizers and text encoders of a resolved model, which is all
+``plan`` and ``neighbors`` need.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from policykit.realera.encoding import SPACES, encode_prompts
 from policykit.realera.prompts import DEFAULT_LEAK_PADDING, ConceptPositions, align_with_anchor, locate_concept
+
+if TYPE_CHECKING:
+    from policykit.models.text import TextModel
 
 #: Vocabulary tokens listed per concept unless asked otherwise.
 DEFAULT_TOKEN_LIMIT = 20
@@ -72,7 +77,7 @@ class PhraseDistance:
     inside: bool
 
 
-def tokens_within_radius(text_encoder, tokenizer, located: ConceptPositions, radius: float,
+def tokens_within_radius(text: "TextModel", located: ConceptPositions, radius: float,
                          min_cosine: float | None = None, limit: int = 50) -> list[CoveredToken]:
     """Vocabulary tokens one substitution away from the concept inside ``radius`` (nearest first).
 
@@ -80,7 +85,8 @@ def tokens_within_radius(text_encoder, tokenizer, located: ConceptPositions, rad
     """
     import torch
 
-    table = text_encoder.get_input_embeddings().weight.detach().to(torch.float64)
+    tokenizer = text.tokenizer
+    table = text.token_table()
     ids = [located.input_ids[i] for i in located.span]
     t = table[ids]  # (n, d)
     norm = t.norm()
@@ -103,7 +109,7 @@ def tokens_within_radius(text_encoder, tokenizer, located: ConceptPositions, rad
     return found[:limit]
 
 
-def phrase_distances(text_encoder, tokenizer, template: str, concept: str, phrases: Sequence[str], radius: float,
+def phrase_distances(text: "TextModel", template: str, concept: str, phrases: Sequence[str], radius: float,
                      space: str = "token", leak_padding: int | None = DEFAULT_LEAK_PADDING) -> list[PhraseDistance]:
     """Relative distance of each phrase from the concept at ``template``, and whether it is inside ``radius``."""
     import torch
@@ -112,11 +118,11 @@ def phrase_distances(text_encoder, tokenizer, template: str, concept: str, phras
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     out = []
     if space == "token":
-        table = text_encoder.get_input_embeddings().weight.detach().to(torch.float64)
-        c = locate_concept(tokenizer, template, concept, leak_padding)
+        table = text.token_table()
+        c = locate_concept(text.tokenizer, template, concept, leak_padding)
         t = table[[c.input_ids[i] for i in c.span]]
         for phrase in phrases:
-            p = locate_concept(tokenizer, template, phrase, leak_padding)
+            p = locate_concept(text.tokenizer, template, phrase, leak_padding)
             q = table[[p.input_ids[i] for i in p.span]]
             n = max(len(t), len(q))
             pad = lambda x: torch.cat([x.new_zeros(n - len(x), x.shape[1]), x])  # noqa: E731 - right-align
@@ -124,8 +130,8 @@ def phrase_distances(text_encoder, tokenizer, template: str, concept: str, phras
             out.append(PhraseDistance(phrase, rel, rel <= radius))
         return out
     for phrase in phrases:
-        aligned = align_with_anchor(tokenizer, template, concept, phrase, leak_padding)
-        enc = encode_prompts(text_encoder, tokenizer, [aligned.concept.prompt, aligned.anchor.prompt]).double()
+        aligned = align_with_anchor(text.tokenizer, template, concept, phrase, leak_padding)
+        enc = encode_prompts(text, [aligned.concept.prompt, aligned.anchor.prompt]).double()
         t = enc[0, list(aligned.concept_positions)]
         q = enc[1, list(aligned.anchor_positions)]
         rel = float((q - t).norm() / t.norm())
@@ -157,7 +163,7 @@ class RadiusCoverage:
         return asdict(self)
 
 
-def radius_coverage(text_encoder, tokenizer, concept: str, *, radius: float, space: str = "token",
+def radius_coverage(text: "TextModel", concept: str, *, radius: float, space: str = "token",
                     template: str = "{}", phrases: Sequence[tuple[str, str]] = (),
                     min_cosine: float | None = None, token_limit: int = DEFAULT_TOKEN_LIMIT) -> RadiusCoverage:
     """Decode ``concept``'s radius: nearest vocabulary tokens and the distance of each ``(phrase, role)``."""
@@ -165,8 +171,8 @@ def radius_coverage(text_encoder, tokenizer, concept: str, *, radius: float, spa
 
     tokens = []
     if space == "token":
-        located = locate_concept(tokenizer, template, concept)
-        for t in tokens_within_radius(text_encoder, tokenizer, located, radius, min_cosine, limit=token_limit):
+        located = locate_concept(text.tokenizer, template, concept)
+        for t in tokens_within_radius(text, located, radius, min_cosine, limit=token_limit):
             tokens.append({"token": t.token, "token_id": t.token_id, "span_index": t.span_index,
                            "distance": round(t.relative_distance, 6)})
     unique: dict[str, str] = {}
@@ -175,7 +181,7 @@ def radius_coverage(text_encoder, tokenizer, concept: str, *, radius: float, spa
             unique.setdefault(phrase, role)
     found = []
     if unique:
-        for d in phrase_distances(text_encoder, tokenizer, template, concept, list(unique), radius, space):
+        for d in phrase_distances(text, template, concept, list(unique), radius, space):
             found.append({"phrase": d.phrase, "role": unique[d.phrase], "distance": round(d.relative_distance, 6),
                           "inside": bool(d.inside)})
     found.sort(key=lambda p: (p["distance"], p["phrase"]))
@@ -194,18 +200,18 @@ def plan_phrases(plan, index: int) -> list[tuple[str, str]]:
     return phrases
 
 
-def plan_coverage(plan, text_encoder, tokenizer, token_limit: int = DEFAULT_TOKEN_LIMIT) -> list[RadiusCoverage]:
+def plan_coverage(plan, text: "TextModel", token_limit: int = DEFAULT_TOKEN_LIMIT) -> list[RadiusCoverage]:
     """:func:`radius_coverage` for every erase entry of a compiled plan (its own radius, space and first template)."""
     out = []
     for i, entry in enumerate(plan.erase):
         n = entry.neighbors
-        out.append(radius_coverage(text_encoder, tokenizer, entry.concept, radius=n.radius, space=n.space,
+        out.append(radius_coverage(text, entry.concept, radius=n.radius, space=n.space,
                                    template=entry.templates[0], phrases=plan_phrases(plan, i),
                                    min_cosine=n.min_cosine, token_limit=token_limit))
     return out
 
 
-def find_conflicts(loaded, graph, plan, text_encoder, tokenizer) -> list:
+def find_conflicts(loaded, graph, plan, text: "TextModel") -> list:
     """Add a ``preserve-inside-radius`` conflict to ``graph`` for every preserve inside an erase radius.
 
     ``loaded`` places each diagnostic at the preserve entry; returns the new diagnostics.
@@ -214,7 +220,7 @@ def find_conflicts(loaded, graph, plan, text_encoder, tokenizer) -> list:
 
     diagnostics = []
     preserve_index = {p.concept: k for k, p in enumerate(plan.preserve)}
-    for i, coverage in enumerate(plan_coverage(plan, text_encoder, tokenizer, token_limit=0)):
+    for i, coverage in enumerate(plan_coverage(plan, text, token_limit=0)):
         for hit in coverage.inside():
             if hit["role"] != "preserve":
                 continue
@@ -230,8 +236,9 @@ def find_conflicts(loaded, graph, plan, text_encoder, tokenizer) -> list:
     return diagnostics
 
 
-def load_text_model(path: str | Path):
-    """``(tokenizer, text_encoder)`` of the diffusers pipeline directory at ``path`` (offline, CPU, eval).
+def load_text_model(path: str | Path) -> "TextModel":
+    """The :class:`~policykit.models.text.TextModel` of the diffusers pipeline directory at ``path``
+    (tokenizers and text encoders only; offline, CPU, eval).
 
     Cached per process: ``plan`` over many policies naming one model loads it once.
     """
@@ -239,11 +246,10 @@ def load_text_model(path: str | Path):
 
 
 @lru_cache(maxsize=4)
-def _load_text_model(path: str):
-    from transformers import AutoTokenizer, CLIPTextModel
+def _load_text_model(path: str) -> "TextModel":
     from transformers.utils import logging as transformers_logging
 
+    from policykit.models.text import load_text_model as load
+
     transformers_logging.disable_progress_bar()  # plan's stderr is for diagnostics, not loading bars
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(path) / "tokenizer"), local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(str(Path(path) / "text_encoder"), local_files_only=True).eval()
-    return tokenizer, text_encoder
+    return load(path)

@@ -9,7 +9,8 @@ disk, inside an artifact, it is ``weights/``:
     the deltas, by ``state_dict`` key (float32);
 ``lora/pytorch_lora_weights.safetensors``
     the adapter in the diffusers LoRA format, written and read by diffusers'
-    own LoRA loaders (``pipe.load_lora_weights(weights/lora)`` works too);
+    own LoRA loaders of the base model's pipeline class (``StableDiffusionPipeline``
+    or ``StableDiffusionXLPipeline``: ``pipe.load_lora_weights(weights/lora)`` works too);
 ``edit.json``
     method, plan hash, stage records, radius coverage.
 
@@ -108,20 +109,32 @@ def apply_edit(pipeline, edit: "EditResult | str | Path"):
     return pipeline
 
 
-def save_lora(state: dict[str, "torch.Tensor"], config: dict[str, Any], directory: str | Path) -> Path:
-    """Write a LoRA state dict (diffusers keys, no ``unet.`` prefix) in the diffusers LoRA format."""
-    from diffusers import StableDiffusionPipeline
+def save_lora(state: dict[str, "torch.Tensor"], config: dict[str, Any], directory: str | Path,
+              pipeline_class: "type | str | None" = None) -> Path:
+    """Write a LoRA state dict (diffusers keys, no ``unet.`` prefix) in the diffusers LoRA format.
 
+    ``pipeline_class`` is the base model's pipeline class (a class, a class
+    name or a pipeline; see :func:`policykit.models.loading.pipeline_class`):
+    the file is written by that class's ``save_lora_weights``, so that class's
+    stock ``pipe.load_lora_weights(directory)`` reads it. None means
+    ``StableDiffusionPipeline`` (SD 1.x / 2.x). Returns the weights file.
+    """
+    from policykit.models.loading import pipeline_class as resolve_pipeline_class
+
+    cls = resolve_pipeline_class(pipeline_class)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=state, weight_name=LORA_WEIGHT_NAME,
-                                              safe_serialization=True, unet_lora_adapter_metadata=config or None)
+    # unet only: the SD and SDXL writers differ in their text-encoder arguments, not in the U-Net's keys
+    cls.save_lora_weights(str(directory), unet_lora_layers=state, weight_name=LORA_WEIGHT_NAME,
+                          safe_serialization=True, unet_lora_adapter_metadata=config or None)
     return directory / LORA_WEIGHT_NAME
 
 
-def save_edit(edit: EditResult, directory: str | Path) -> Path:
+def save_edit(edit: EditResult, directory: str | Path, *, pipeline_class: "type | str | None" = None) -> Path:
     """Write ``directory/weights/``: the cross-attention deltas (safetensors), ``lora/`` (diffusers
-    LoRA format) and ``edit.json`` (method, plan hash, stage records, radius coverage). Returns ``weights/``."""
+    LoRA format of ``pipeline_class``, the base model's pipeline class: see :func:`save_lora`; None is
+    ``StableDiffusionPipeline``) and ``edit.json`` (method, plan hash, stage records, radius coverage).
+    Returns ``weights/``."""
     from safetensors.torch import save_file
 
     weights = Path(directory) / "weights"
@@ -130,7 +143,7 @@ def save_edit(edit: EditResult, directory: str | Path) -> Path:
     save_file({k: v.detach().float().cpu().contiguous() for k, v in edit.weights.items()}, str(weights / DELTA_FILE),
               metadata=meta)
     if edit.lora:
-        save_lora(edit.lora, edit.lora_config or {}, weights / LORA_DIR)
+        save_lora(edit.lora, edit.lora_config or {}, weights / LORA_DIR, pipeline_class=pipeline_class)
     doc = {"format_version": EDIT_FORMAT_VERSION, "method": edit.method, "plan_hash": edit.plan_hash,
            "delta_file": DELTA_FILE, "lora_dir": LORA_DIR if edit.lora else None, "lora_config": edit.lora_config,
            "stages": [asdict(r) for r in edit.records], "coverage": edit.coverage}

@@ -7,6 +7,10 @@ its entry, its positions paired with the anchor prompt's
 anchors and the empty prompt are encoded at every erase entry's templates.
 The closed form reads the rows, noise alignment the full conditionings.
 
+A conditioning is ``(S, d)``: ``L`` token positions, plus SDXL's pooled
+embedding as one more row (:mod:`policykit.models.text`); every position the
+closed form reads is a token position ``< L``.
+
 The peer presets build their rows their own way (:mod:`.peer_rows`); this
 module serves the ``realera`` rules and the noise-alignment conditionings of
 every preset.
@@ -14,7 +18,6 @@ every preset.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -24,57 +27,23 @@ from policykit.realera.runner import TypedOutput
 if TYPE_CHECKING:
     import torch
 
+    from policykit.models.text import TextModel
+
 #: Where mining perturbs a phrase: its input token embeddings or the text encoder's outputs.
 SPACES = ("token", "text")
 
 
 # ---------------------------------------------------------------- the text encoder
 
-@contextmanager
-def _token_embedding_offset(text_encoder, offset: "torch.Tensor"):
-    """Add ``offset`` ((B, L, d)) to the token embeddings for the passes inside the block.
-
-    CLIPTextModel in transformers 5.x takes no ``inputs_embeds``, so the offset
-    goes in through a forward hook on the input-embedding module.
-    """
-    module = text_encoder.get_input_embeddings()
-    handle = module.register_forward_hook(lambda _m, _i, out: out + offset.to(dtype=out.dtype, device=out.device))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def encode_ids(text_encoder, input_ids: "torch.Tensor", attention_mask: "torch.Tensor | None" = None,
+def encode_ids(text: "TextModel", input_ids: "torch.Tensor", attention_mask: "torch.Tensor | None" = None,
                token_offset: "torch.Tensor | None" = None) -> "torch.Tensor":
-    """Text-encoder output ``(B, L, d)`` as the SD pipelines compute it (last hidden state).
-
-    The attention mask is passed only when the encoder's config asks for it,
-    as in ``StableDiffusionPipeline.encode_prompt``. ``token_offset`` is added
-    to the input token embeddings.
-    """
-    import torch
-
-    device = next(text_encoder.parameters()).device
-    mask = None
-    if attention_mask is not None and getattr(text_encoder.config, "use_attention_mask", False):
-        mask = attention_mask.to(device)
-    with torch.no_grad():
-        if token_offset is None:
-            return text_encoder(input_ids.to(device), attention_mask=mask)[0]
-        with _token_embedding_offset(text_encoder, token_offset):
-            return text_encoder(input_ids.to(device), attention_mask=mask)[0]
+    """The conditioning ``(B, S, d)`` as the SD pipelines compute it (:meth:`TextModel.encode_ids`)."""
+    return text.encode_ids(input_ids, attention_mask, token_offset)
 
 
-def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str], batch_size: int = 64) -> "torch.Tensor":
-    """Conditioning ``(len(prompts), L, d)`` in float32 on the encoder's device."""
-    import torch
-
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        batch = tokenize(tokenizer, prompts[i:i + batch_size])
-        out.append(encode_ids(text_encoder, batch.input_ids, batch.attention_mask).float())
-    return torch.cat(out)
+def encode_prompts(text: "TextModel", prompts: Sequence[str], batch_size: int = 64) -> "torch.Tensor":
+    """Conditionings ``(len(prompts), S, d)`` in float32 on the encoders' device."""
+    return text.encode_prompts(prompts, batch_size)
 
 
 # ---------------------------------------------------------------- encoded samples
@@ -86,7 +55,7 @@ class TemplateSamples:
     ``embeddings`` ``(n, P, d)``: encoder outputs at the concept positions;
     ``anchors`` ``(P, d)``: the anchor prompt's outputs at the partner
     positions (shared by all samples of the template); ``sequences``
-    ``(n, L, d)``: the full conditionings; ``anchor_sequence`` ``(L, d)``: the
+    ``(n, S, d)``: the full conditionings; ``anchor_sequence`` ``(S, d)``: the
     anchor prompt's full conditioning; all float32.
     """
 
@@ -136,7 +105,7 @@ class MinedSamples:
             yield t.embeddings, t.anchors.expand_as(t.embeddings)
 
     def conditioning_pairs(self) -> tuple["torch.Tensor", "torch.Tensor"]:
-        """``(sequences, anchor sequences)``, both ``(count, L, d)``: erase inputs and targets for noise alignment."""
+        """``(sequences, anchor sequences)``, both ``(count, S, d)``: erase inputs and targets for noise alignment."""
         import torch
 
         seqs = [t.sequences for t in self.templates]
@@ -150,7 +119,7 @@ class MinedSamples:
         return torch.cat([t.embeddings.reshape(-1, t.embeddings.shape[-1]) for t in self.templates])
 
 
-def encode_concept(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *,
+def encode_concept(text: "TextModel", templates: Sequence[str], concept: str, anchor: str, *,
                    leak_padding: int | None = DEFAULT_LEAK_PADDING) -> MinedSamples:
     """The unperturbed concept (one sample per template, ``rho = 0``) in the same shape as mined samples.
 
@@ -162,9 +131,9 @@ def encode_concept(text_encoder, tokenizer, templates: Sequence[str], concept: s
 
     result = MinedSamples(space="none", low=0.0, high=0.0)
     for template in templates:
-        aligned = align_with_anchor(tokenizer, template, concept, anchor, leak_padding)
-        ids = tokenize(tokenizer, [aligned.concept.prompt, aligned.anchor.prompt])
-        base = encode_ids(text_encoder, ids.input_ids, ids.attention_mask).float()
+        aligned = align_with_anchor(text.tokenizer, template, concept, anchor, leak_padding)
+        ids = tokenize(text.tokenizer, [aligned.concept.prompt, aligned.anchor.prompt])
+        base = encode_ids(text, ids.input_ids, ids.attention_mask).float()
         zero = torch.zeros(1, dtype=torch.float64)
         result.templates.append(TemplateSamples(
             aligned=aligned, embeddings=base[:1, list(aligned.concept_positions)],
@@ -211,7 +180,7 @@ class ErasePairs(TypedOutput):
     """Erase rows paired with their anchor targets (closed form) and full conditionings (noise alignment).
 
     ``rows``/``targets`` ``(n, d)`` with weights ``alpha``; ``sequences``/``sequence_targets``
-    ``(m, L, d)`` with weights ``sequence_alpha``; ``info``: key numbers for the log.
+    ``(m, S, d)`` with weights ``sequence_alpha``; ``info``: key numbers for the log.
     """
 
     rows: "torch.Tensor"
@@ -227,7 +196,7 @@ class ErasePairs(TypedOutput):
 class PreserveRows(TypedOutput):
     """Rows that must keep their projection, weights ``beta``, and their full conditionings.
 
-    ``null`` is the empty prompt's conditioning ``(L, d)`` when it is among them.
+    ``null`` is the empty prompt's conditioning ``(S, d)`` when it is among them.
     """
 
     rows: "torch.Tensor"
@@ -277,39 +246,49 @@ def stack(parts: list["torch.Tensor"], tail: tuple[int, ...]) -> "torch.Tensor":
 
 
 def text_shape(pipeline) -> tuple[int, int]:
-    """``(L, d)``: the tokenizer's maximum length and the text encoder's width."""
-    return int(pipeline.tokenizer.model_max_length), int(pipeline.text_encoder.config.hidden_size)
+    """``(S, d)``: rows and width of the pipeline's conditionings (:class:`~policykit.models.text.TextModel`)."""
+    from policykit.models.text import text_model
+
+    text = text_model(pipeline)
+    return text.sequence_length, text.width
 
 
 def encode_erased(plan, pipeline, leak_padding: int | None) -> ErasePairs:
     """Every erased phrase unperturbed at its templates, weighted by its concept's strength."""
-    length, width = text_shape(pipeline)
-    collector = PairCollector(width, length)
+    from policykit.models.text import text_model
+
+    text = text_model(pipeline)
+    collector = PairCollector(text.width, text.sequence_length)
     for p in erased_phrases(plan):
-        samples = encode_concept(pipeline.text_encoder, pipeline.tokenizer, p.templates, p.phrase, p.anchor,
-                                 leak_padding=leak_padding)
+        samples = encode_concept(text, p.templates, p.phrase, p.anchor, leak_padding=leak_padding)
         collector.add(samples, p.strength)
     return collector.pairs()
 
 
 def encode_preserved(plan, pipeline, leak_padding: int | None, regularizer_weight: float) -> PreserveRows:
-    """Explicit preserves (their weight), the anchors and the empty prompt (``regularizer_weight``)."""
+    """Explicit preserves (their weight), the anchors and the empty prompt (``regularizer_weight``).
+
+    ``null`` is the unconditional branch of guidance (:meth:`~policykit.models.text.TextModel.unconditional`:
+    the encoded empty prompt, or zeros for SDXL).
+    """
     import torch
 
+    from policykit.models.text import text_model
+
+    text = text_model(pipeline)
     templates = preserve_templates(plan)
     phrases = [(p.concept, p.weight) for p in plan.preserve]
     phrases += [(a, regularizer_weight) for a in dict.fromkeys(e.anchor for e in plan.erase) if a.strip()]
     rows, beta, seqs = [], [], []
     for phrase, weight in phrases:
-        samples = encode_concept(pipeline.text_encoder, pipeline.tokenizer, templates, phrase, phrase,
-                                 leak_padding=leak_padding)
+        samples = encode_concept(text, templates, phrase, phrase, leak_padding=leak_padding)
         r = samples.embedding_rows()
         rows.append(r)
         beta += [weight] * r.shape[0]
         seqs.append(torch.cat([t.sequences for t in samples.templates]))
-    empty = encode_concept(pipeline.text_encoder, pipeline.tokenizer, ["{}"], "", "", leak_padding=leak_padding)
+    empty = encode_concept(text, ["{}"], "", "", leak_padding=leak_padding)
     rows.append(empty.embedding_rows())
     beta += [regularizer_weight] * rows[-1].shape[0]
     seqs.append(empty.templates[0].sequences)
     return PreserveRows(rows=torch.cat(rows), beta=torch.tensor(beta, dtype=torch.float32),
-                        sequences=torch.cat(seqs), null=empty.templates[0].sequences[0])
+                        sequences=torch.cat(seqs), null=text.unconditional()[0])

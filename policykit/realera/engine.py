@@ -235,7 +235,8 @@ def run_plan(plan, pipeline, *, cache_dir: str | Path | None = None, device=None
     if pipeline.unet.device != dev or pipeline.unet.dtype != dtype:
         pipeline.to(dev, dtype)
     if inputs_key is None:
-        inputs_key = model_fingerprint(pipeline.text_encoder, pipeline.unet)
+        second = getattr(pipeline, "text_encoder_2", None)  # SDXL
+        inputs_key = model_fingerprint(pipeline.text_encoder, pipeline.unet, *([second] if second is not None else []))
     specs = plan_stage_specs(plan, pipeline, options=options, cache_dir=cache_dir, progress=progress,
                              model_key=inputs_key)
     log(f"realera: {plan.method} on {dev.type} ({str(dtype).replace('torch.', '')}), stages "

@@ -72,10 +72,6 @@ def sampling_steps(k: int, ddim_steps: int) -> int:
     return ddim_steps if k < 2 else ddim_steps + 1 - k
 
 
-def _encode(pipeline, prompts):
-    from policykit.realera.encoding import encode_prompts
-
-    return encode_prompts(pipeline.text_encoder, pipeline.tokenizer, prompts)
 
 
 def run(plan, pipeline, settings: EsdSettings, *, progress: bool = True) -> WeightDelta:
@@ -87,11 +83,14 @@ def run(plan, pipeline, settings: EsdSettings, *, progress: bool = True) -> Weig
     from diffusers import DDIMScheduler
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    unet = pipeline.unet
+    from policykit.models.text import text_model
+
+    unet, text = pipeline.unet, text_model(pipeline)
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
     concepts = [e.concept for e in plan.erase]
-    conditions = _encode(pipeline, concepts + [""]).to(device, dtype)
-    null = conditions[-1:]
+    conditions = text.encode_prompts(concepts).to(device, dtype)
+    null = text.unconditional().to(device, dtype)
+    cond = lambda c: text.unet_inputs(c)  # noqa: E731 - SDXL's added conditions ride along
     size = (settings.resolution or unet.config.sample_size * pipeline.vae_scale_factor) // pipeline.vae_scale_factor
     shape = (1, unet.config.in_channels, size, size)
     # The authors' DDIM: timesteps 20 i + 1 (for 50 steps), the last step lands on alpha_bar[0].
@@ -121,12 +120,12 @@ def run(plan, pipeline, settings: EsdSettings, *, progress: bool = True) -> Weig
                 with torch.no_grad():
                     unet.eval()
                     z = _sample_until(unet, sampler, start, concept, null, sampling_steps(k, settings.ddim_steps),
-                                      settings.start_guidance)
-                    e_null = frozen(z, timestep, null).sample.float()
-                    e_concept = frozen(z, timestep, concept).sample.float()
+                                      settings.start_guidance, text)
+                    e_null = frozen(z, timestep, **cond(null)).sample.float()
+                    e_concept = frozen(z, timestep, **cond(concept)).sample.float()
                     target = e_null - settings.negative_guidance * (e_concept - e_null)
                 unet.train()
-                prediction = unet(z, timestep, concept).sample.float()
+                prediction = unet(z, timestep, **cond(concept)).sample.float()
                 loss = torch.nn.functional.mse_loss(prediction, target)
                 if not math.isfinite(float(loss.detach())):
                     raise FloatingPointError(f"ESD loss is {float(loss.detach())} at iteration {len(losses) + 1}; "
@@ -149,13 +148,13 @@ def run(plan, pipeline, settings: EsdSettings, *, progress: bool = True) -> Weig
     return WeightDelta(delta=delta, info=info)
 
 
-def _sample_until(unet, scheduler, latents, concept, null, steps: int, guidance: float):
+def _sample_until(unet, scheduler, latents, concept, null, steps: int, guidance: float, text):
     """``steps`` DDIM steps from ``latents`` with classifier-free guidance ``guidance`` (no gradients)."""
     import torch
 
-    cond = torch.cat([null, concept])
+    cond = text.unet_inputs(torch.cat([null, concept]))
     for t in scheduler.timesteps[:steps]:
         model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        uncond, text = unet(model_in, t, cond).sample.chunk(2)
-        latents = scheduler.step(uncond + guidance * (text - uncond), t, latents).prev_sample
+        uncond, guided = unet(model_in, t, **cond).sample.chunk(2)
+        latents = scheduler.step(uncond + guidance * (guided - uncond), t, latents).prev_sample
     return latents

@@ -71,17 +71,19 @@ def attention_positions(tokenizer, prompt: str, concept: str) -> list[int]:
 class _Concept:
     phrase: str
     prompts: list[str]
-    conditionings: "torch.Tensor"   # (m, L, d)
+    conditionings: "torch.Tensor"   # (m, S, d): TextModel conditionings
     positions: list[list[int]]
     latents: "torch.Tensor"         # (n, C, h, w)
 
 
 def _concepts(plan, pipeline, settings: MaceLoraSettings) -> list[_Concept]:
+    from policykit.models.text import text_model
     from policykit.realera.encoding import encode_prompts, erased_phrases
     from policykit.realera.noise_alignment import generate_training_latents
     from policykit.realera.peer_rows import fits_tokenizer, mace_templates
     from policykit.realera.prompts import fill_template
 
+    text = text_model(pipeline)
     out = []
     for i, p in enumerate(erased_phrases(plan)):
         prompts = [q for q in (fill_template(t, p.phrase) for t in mace_templates(plan)) if fits_tokenizer(pipeline, q)]
@@ -91,8 +93,8 @@ def _concepts(plan, pipeline, settings: MaceLoraSettings) -> list[_Concept]:
             pipeline, [f"a photo of the {p.phrase}"], per_prompt=settings.images_per_concept,
             steps=settings.image_steps, guidance_scale=settings.image_guidance, resolution=settings.resolution,
             seed=settings.seed * 7919 + i)
-        out.append(_Concept(p.phrase, prompts, encode_prompts(pipeline.text_encoder, pipeline.tokenizer, prompts),
-                            [attention_positions(pipeline.tokenizer, q, p.phrase) for q in prompts], latents))
+        out.append(_Concept(p.phrase, prompts, encode_prompts(text, prompts),
+                            [attention_positions(text.tokenizer, q, p.phrase) for q in prompts], latents))
     return out
 
 
@@ -128,8 +130,12 @@ class _RankOneLoras:
 
 
 def train_concept(unet, scheduler, concept: _Concept, projections: dict, settings: MaceLoraSettings,
-                  generator: "torch.Generator", layers: Sequence[str]) -> tuple[dict, list[float]]:
-    """One concept's LoRA: ``{layer: B A}`` (float64) and the losses."""
+                  generator: "torch.Generator", layers: Sequence[str], text=None) -> tuple[dict, list[float]]:
+    """One concept's LoRA: ``{layer: B A}`` (float64) and the losses.
+
+    ``text`` (a :class:`~policykit.models.text.TextModel`) unpacks the conditionings for the U-Net
+    (SDXL's added conditions); without it they are passed as the hidden states.
+    """
     import torch
 
     from policykit.realera.noise_alignment import AttentionRecorder, timestep_weights
@@ -152,7 +158,9 @@ def train_concept(unet, scheduler, concept: _Concept, projections: dict, setting
                 t = torch.multinomial(weights, n, replacement=True, generator=generator)
                 noisy = scheduler.add_noise(latents, noise, t).to(device, dtype)
                 with recorder.recording(slice(0, 1)) as maps:
-                    unet(noisy, t.to(device), concept.conditionings[p_idx].to(device, dtype))
+                    conditioning = concept.conditionings[p_idx].to(device, dtype)
+                    unet(noisy, t.to(device), **(text.unet_inputs(conditioning) if text is not None
+                                                 else {"encoder_hidden_states": conditioning}))
                     maps = dict(maps)
                 positions = concept.positions[int(p_idx[0])]
                 loss = sum(m[0][..., positions].float().norm() for m in maps.values())  # first image, MACE's norm
@@ -173,11 +181,12 @@ def run(plan, pipeline, settings: MaceLoraSettings, *, delta: dict, progress: bo
     from diffusers import DDPMScheduler
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from policykit.models.text import text_model
     from policykit.realera.closed_form import find_cross_attention_projections
     from policykit.realera.edit import temporary_edit
     from policykit.realera.peer_rows import preserve_rows_bare
 
-    unet = pipeline.unet
+    unet, text = pipeline.unet, text_model(pipeline)
     concepts = _concepts(plan, pipeline, settings)   # drawn by the base model, before the edit
     projections = find_cross_attention_projections(unet)
     layers = sorted({name.rsplit(".", 1)[0] for name in projections})
@@ -191,7 +200,8 @@ def run(plan, pipeline, settings: MaceLoraSettings, *, delta: dict, progress: bo
         task = bar.add_task("mace", total=len(concepts))
         refined = {name: linear.weight.detach().double().clone() for name, linear in projections.items()}
         for concept in concepts:
-            product, losses = train_concept(unet, scheduler, concept, projections, settings, generator, layers)
+            product, losses = train_concept(unet, scheduler, concept, projections, settings, generator, layers,
+                                            text)
             products.append(product)
             first.append(losses[0])
             last.append(sum(losses[-5:]) / len(losses[-5:]))
@@ -202,7 +212,7 @@ def run(plan, pipeline, settings: MaceLoraSettings, *, delta: dict, progress: bo
     right = settings.lambda_ * torch.eye(d, dtype=torch.float64)
     left = {name: settings.lambda_ * refined[name] for name in projections}
     for concept, product in zip(concepts, products):
-        rows = concept.conditionings.reshape(-1, d).double().cpu()
+        rows = concept.conditionings[:, :text.length].reshape(-1, d).double().cpu()
         gram = rows.T @ rows
         right += gram
         for name in projections:

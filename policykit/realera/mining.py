@@ -10,13 +10,16 @@ what is *erased*; a preserved sample may lie anywhere outside the radius).
 Spaces (docs/method.md leaves the choice to the quality benchmark)
     ``token``: ``t`` is the concept's rows of the text encoder's token-embedding
     table, flattened (all of its tokens form one vector, so ``||t||`` is the
-    Frobenius norm of the rows); each perturbed prompt is encoded again.
+    Frobenius norm of the rows); each perturbed prompt is encoded again. For
+    SDXL the table is both encoders' tables side by side
+    (:meth:`~policykit.models.text.TextModel.token_table`), so a sample moves
+    the concept in both encoders' spaces at one joint radius.
     ``text``: ``t`` is the encoder output at the concept's positions (span and
     leak, see :mod:`policykit.realera.prompts`), flattened; no extra encoder
     passes.
     Either way a sample is returned as encoder outputs at the concept
     positions, paired with the anchor prompt's outputs at the partner
-    positions, plus the full ``(L, d)`` conditioning (for noise alignment).
+    positions, plus the full ``(S, d)`` conditioning (for noise alignment).
 
 Determinism
     Every (seed, concept, template, purpose) gets its own ``torch.Generator``
@@ -41,6 +44,8 @@ from policykit.realera.prompts import DEFAULT_LEAK_PADDING, align_with_anchor, t
 
 if TYPE_CHECKING:
     import torch
+
+    from policykit.models.text import TextModel
 
 MAX_ROUNDS = 12
 
@@ -112,7 +117,7 @@ def sample_perturbations(t: "torch.Tensor", count: int, low: float, high: float,
 
 # ---------------------------------------------------------------- mining
 
-def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
+def mine_samples(text: "TextModel", templates: Sequence[str], concept: str, anchor: str, *, count: int,
                  low: float, high: float, seed: int, space: str = "token", min_cosine: float | None = None,
                  leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32, purpose: str = "neighbors") -> MinedSamples:
     """Draw ``count`` samples per template with ``low < rho/||t|| <= high`` and encode them.
@@ -125,16 +130,15 @@ def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     result = MinedSamples(space=space, low=low, high=high)
     for template in templates:
-        aligned = align_with_anchor(tokenizer, template, concept, anchor, leak_padding)
+        aligned = align_with_anchor(text.tokenizer, template, concept, anchor, leak_padding)
         generator = stream_generator(seed, purpose, space, concept, template)
-        ids = tokenize(tokenizer, [aligned.concept.prompt, aligned.anchor.prompt])
-        base = encode_ids(text_encoder, ids.input_ids, ids.attention_mask).float()
+        ids = tokenize(text.tokenizer, [aligned.concept.prompt, aligned.anchor.prompt])
+        base = encode_ids(text, ids.input_ids, ids.attention_mask).float()
         positions, partners = list(aligned.concept_positions), list(aligned.anchor_positions)
         anchors = base[1, partners]
         if space == "token":
             span = list(aligned.concept.span)
-            table = text_encoder.get_input_embeddings().weight
-            t = table[ids.input_ids[0, span].to(table.device)].detach()
+            t = text.token_rows(ids.input_ids[0, span])
         else:
             t = base[0, positions]
         drawn = sample_perturbations(t, count, low, high, generator, min_cosine)
@@ -143,10 +147,10 @@ def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str
         for i in range(0, eta.shape[0], batch_size):
             chunk = eta[i:i + batch_size]
             if space == "token":
-                offset = torch.zeros(chunk.shape[0], *base.shape[1:], device=base.device)
+                offset = torch.zeros(chunk.shape[0], text.length, text.token_width, device=base.device)
                 offset[:, span] = chunk
                 n = chunk.shape[0]
-                seq = encode_ids(text_encoder, ids.input_ids[:1].expand(n, -1), ids.attention_mask[:1].expand(n, -1),
+                seq = encode_ids(text, ids.input_ids[:1].expand(n, -1), ids.attention_mask[:1].expand(n, -1),
                                  token_offset=offset).float()
             else:
                 seq = base[0].expand(chunk.shape[0], -1, -1).clone()
@@ -161,11 +165,11 @@ def mine_samples(text_encoder, tokenizer, templates: Sequence[str], concept: str
     return result
 
 
-def mine_neighbors(text_encoder, tokenizer, templates: Sequence[str], concept: str, anchor: str, *, count: int,
+def mine_neighbors(text: "TextModel", templates: Sequence[str], concept: str, anchor: str, *, count: int,
                    radius: float, seed: int, min_cosine: float | None = None, space: str = "token",
                    leak_padding: int | None = DEFAULT_LEAK_PADDING, batch_size: int = 32) -> MinedSamples:
     """Stage 1: ``count`` neighbors per template with ``rho/||t|| <= radius`` and the cosine floor."""
-    return mine_samples(text_encoder, tokenizer, templates, concept, anchor, count=count, low=0.0, high=radius,
+    return mine_samples(text, templates, concept, anchor, count=count, low=0.0, high=radius,
                         seed=seed, space=space, min_cosine=min_cosine, leak_padding=leak_padding,
                         batch_size=batch_size, purpose="neighbors")
 
@@ -182,20 +186,21 @@ def run(plan, pipeline, settings, *, leak_padding: int | None, neighbor_mass: fl
     Returns :class:`~policykit.realera.encoding.ErasePairs` whose ``info`` has the acceptance rate
     and what each radius covers (:func:`policykit.realera.conflicts.plan_coverage`, for the audit).
     """
+    from policykit.models.text import text_model
     from policykit.realera.conflicts import plan_coverage
-    from policykit.realera.encoding import PairCollector, erased_phrases, text_shape
+    from policykit.realera.encoding import PairCollector, erased_phrases
 
-    length, width = text_shape(pipeline)
-    collector = PairCollector(width, length)
+    text = text_model(pipeline)
+    collector = PairCollector(text.width, text.sequence_length)
     drawn = accepted = shortfall = 0
     for p in erased_phrases(plan):
         n = p.neighbors
-        samples = mine_neighbors(pipeline.text_encoder, pipeline.tokenizer, p.templates, p.phrase, p.anchor,
+        samples = mine_neighbors(text, p.templates, p.phrase, p.anchor,
                                  count=n.samples, radius=n.radius, seed=settings.seed, min_cosine=n.min_cosine,
                                  space=n.space, leak_padding=leak_padding, batch_size=batch_size)
         collector.add(samples, neighbor_mass * p.strength / max(1, n.samples))
         drawn, accepted, shortfall = drawn + samples.drawn, accepted + samples.count, shortfall + samples.shortfall
-    coverage = [c.to_dict() for c in plan_coverage(plan, pipeline.text_encoder, pipeline.tokenizer)]
+    coverage = [c.to_dict() for c in plan_coverage(plan, text)]
     pairs = collector.pairs()
     pairs.info = {"neighbors": accepted, "acceptance_rate": round(accepted / drawn, 4) if drawn else 1.0,
                   "shortfall": shortfall, "erase_rows": int(pairs.rows.shape[0]),

@@ -61,13 +61,13 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class NoiseAlignmentData:
-    """What the loss is computed on; every conditioning is ``(n, L, d)``.
+    """What the loss is computed on; every conditioning is ``(n, S, d)``.
 
     ``erase``: concept prompts and mined neighbors (``e~``); ``erase_targets``:
     the anchor conditioning of each (``e*``, used by ``target="anchor"``);
     ``erase_weights``: per-sample strength (default 1); ``preserve``:
     preserves, shell samples, the empty prompt; ``latents``: clean latents
-    ``(m, C, h, w)``; ``null``: the empty prompt's conditioning ``(L, d)``
+    ``(m, C, h, w)``; ``null``: the empty prompt's conditioning ``(S, d)``
     (needed by ``target="negative_guidance"``).
     """
 
@@ -81,7 +81,7 @@ class NoiseAlignmentData:
     def check(self, target: str) -> None:
         """Raise ``ValueError`` when the data cannot serve ``target``."""
         if self.erase.ndim != 3 or self.erase.shape[0] == 0:
-            raise ValueError(f"erase conditionings must be (n>0, L, d), got {tuple(self.erase.shape)}")
+            raise ValueError(f"erase conditionings must be (n>0, S, d), got {tuple(self.erase.shape)}")
         if target == "anchor" and (self.erase_targets is None or self.erase_targets.shape != self.erase.shape):
             raise ValueError("target='anchor' needs erase_targets of the same shape as erase")
         if target == "negative_guidance" and self.null is None:
@@ -250,7 +250,8 @@ def generate_training_latents(pipe, prompts: Sequence[str], *, per_prompt: int =
                 "seed": seed, "scheduler": type(pipe.scheduler).__name__}
     path = None
     if cache_dir is not None:
-        key = latent_cache_key(prompts, settings, fingerprint or model_fingerprint(pipe.unet, pipe.text_encoder))
+        encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+        key = latent_cache_key(prompts, settings, fingerprint or model_fingerprint(pipe.unet, *encoders))
         path = Path(cache_dir) / f"{key}.safetensors"
         if path.exists():
             return load_file(path)["latents"]
@@ -288,9 +289,11 @@ class NoiseAlignmentTrainer:
     """Trains the noise-alignment LoRA on ``unet`` in place; the loop in :meth:`train` reads top to bottom."""
 
     def __init__(self, unet, scheduler, data: NoiseAlignmentData, config: NoiseAlignmentSettings, *,
-                 progress: bool = True, adapter_name: str = ADAPTER_NAME):
+                 progress: bool = True, adapter_name: str = ADAPTER_NAME, text=None):
+        """``text`` (a :class:`~policykit.models.text.TextModel`) unpacks conditionings for the U-Net
+        (SDXL's pooled embedding and time ids); without it they are the hidden states as they are."""
         data.check(config.target)
-        self.unet, self.scheduler, self.data, self.config = unet, scheduler, data, config
+        self.unet, self.scheduler, self.data, self.config, self.text = unet, scheduler, data, config, text
         self.progress, self.adapter_name = progress, adapter_name
         self.device = next(unet.parameters()).device
         self.dtype = next(unet.parameters()).dtype
@@ -357,7 +360,10 @@ class NoiseAlignmentTrainer:
 
     def _predict(self, noisy, timesteps, conditioning):
         with self._autocast():
-            return self.unet(noisy.to(self.dtype), timesteps, conditioning.to(self.dtype)).sample.float()
+            conditioning = conditioning.to(self.dtype)
+            inputs = (self.text.unet_inputs(conditioning) if self.text is not None
+                      else {"encoder_hidden_states": conditioning})
+            return self.unet(noisy.to(self.dtype), timesteps, **inputs).sample.float()
 
     def compute_loss(self, batch: Batch) -> LossTerms:
         """The NA loss of one batch (student with gradients, teacher without)."""
@@ -435,11 +441,12 @@ class NoiseAlignmentTrainer:
         self.unet.eval()
         return report
 
-    def save(self, directory: str | Path) -> Path:
-        """Save the trained adapter (diffusers LoRA format); returns the weights file."""
+    def save(self, directory: str | Path, pipeline_class: "type | str | None" = None) -> Path:
+        """Save the trained adapter in the diffusers LoRA format of ``pipeline_class`` (default SD); returns
+        the weights file."""
         from policykit.realera.edit import lora_state, save_lora
 
-        return save_lora(*lora_state(self.unet, self.adapter_name), directory)
+        return save_lora(*lora_state(self.unet, self.adapter_name), directory, pipeline_class=pipeline_class)
 
 
 # ---------------------------------------------------------------- the stage
@@ -465,6 +472,7 @@ def run(plan, pipeline, settings: NoiseAlignmentSettings, *, erase, preserve, la
     import torch
     from diffusers import DDPMScheduler
 
+    from policykit.models.text import text_model
     from policykit.realera.edit import lora_state, temporary_edit
 
     seqs, seq_targets, seq_alpha = [erase.sequences], [erase.sequence_targets], [erase.sequence_alpha]
@@ -481,7 +489,8 @@ def run(plan, pipeline, settings: NoiseAlignmentSettings, *, erase, preserve, la
     # A DDPM schedule for add_noise: multistep samplers (DPM-Solver) only noise at their inference steps.
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     with temporary_edit(pipeline.unet, delta or {}):
-        trainer = NoiseAlignmentTrainer(pipeline.unet, scheduler, data, settings, progress=progress)
+        trainer = NoiseAlignmentTrainer(pipeline.unet, scheduler, data, settings, progress=progress,
+                                        text=text_model(pipeline))
         try:
             report = trainer.train()
             state, lora_config = lora_state(pipeline.unet, trainer.adapter_name)

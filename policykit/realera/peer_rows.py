@@ -102,12 +102,18 @@ def mace_positions(phrase_ids: Sequence[int], anchor_ids: Sequence[int], length:
 # ---------------------------------------------------------------- rows
 
 def _encode(pipeline, prompts: Sequence[str]):
-    """``(embeddings (n, L, d), attention masks (n, L), unpadded ids)`` of ``prompts``."""
+    """``(conditionings (n, S, d), attention masks (n, L), unpadded ids)`` of ``prompts``.
+
+    Token positions are ``< L``; an SDXL conditioning has its pooled row at ``L``
+    (:class:`~policykit.models.text.TextModel`), which no rule reads.
+    """
+    from policykit.models.text import text_model
     from policykit.realera.encoding import encode_ids
     from policykit.realera.prompts import tokenize
 
-    batch = tokenize(pipeline.tokenizer, prompts)
-    embeddings = encode_ids(pipeline.text_encoder, batch.input_ids, batch.attention_mask).float()
+    text = text_model(pipeline)
+    batch = tokenize(text.tokenizer, prompts)
+    embeddings = encode_ids(text, batch.input_ids, batch.attention_mask).float()
     masks = batch.attention_mask.tolist()
     ids = [row[:sum(m)] for row, m in zip(batch.input_ids.tolist(), masks)]
     return embeddings, masks, ids
@@ -122,13 +128,16 @@ def preserve_rows_bare(pipeline, phrases: Sequence[str], weight: float) -> "Pres
     """Every position of each phrase (bare), weight ``weight``."""
     import torch
 
-    from policykit.realera.encoding import PreserveRows, text_shape
+    from policykit.models.text import text_model
+    from policykit.realera.encoding import PreserveRows
 
-    length, width = text_shape(pipeline)
+    text = text_model(pipeline)
+    width = text.width
     if not phrases or weight <= 0:
-        return PreserveRows(rows=torch.zeros(0, width), beta=torch.zeros(0), sequences=torch.zeros(0, length, width))
+        return PreserveRows(rows=torch.zeros(0, width), beta=torch.zeros(0),
+                            sequences=torch.zeros(0, text.sequence_length, width))
     embeddings, _, _ = _encode(pipeline, phrases)
-    rows = embeddings.reshape(-1, width)
+    rows = embeddings[:, :text.length].reshape(-1, width)
     return PreserveRows(rows=rows, beta=torch.full((rows.shape[0],), float(weight)), sequences=embeddings)
 
 
@@ -137,9 +146,11 @@ def _pairs(pipeline, prompts: list[tuple[str, str, float]], rule: str) -> tuple[
     number of prompt pairs skipped because they do not fit the tokenizer."""
     import torch
 
-    from policykit.realera.encoding import ErasePairs, text_shape
+    from policykit.models.text import text_model
+    from policykit.realera.encoding import ErasePairs
 
-    length, width = text_shape(pipeline)
+    text = text_model(pipeline)
+    length, width = text.length, text.width
     kept = [p for p in prompts if fits_tokenizer(pipeline, p[0]) and fits_tokenizer(pipeline, p[1])]
     rows, targets, alpha = [], [], []
     if kept:
@@ -153,7 +164,7 @@ def _pairs(pipeline, prompts: list[tuple[str, str, float]], rule: str) -> tuple[
             rows.append(phrase_emb[n, old])
             targets.append(anchor_emb[n, new])
             alpha += [weight] * len(old)
-    empty = torch.zeros(0, length, width)
+    empty = torch.zeros(0, text.sequence_length, width)
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, width)  # noqa: E731
     return ErasePairs(rows=cat(rows), targets=cat(targets), alpha=torch.tensor(alpha, dtype=torch.float32),
                       sequences=empty, sequence_targets=empty, sequence_alpha=torch.zeros(0)), len(prompts) - len(kept)

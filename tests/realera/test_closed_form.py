@@ -9,6 +9,7 @@ from policykit.realera.edit import apply_weights
 from policykit.realera.closed_form import (ClosedFormSystem, closed_form_refine,
                                            find_cross_attention_projections, refine_weights)
 from policykit.realera.prompts import align_with_anchor, locate_concept, tokenize
+from policykit.models.text import single_encoder
 
 
 def _least_squares(w, e, e_star, alpha, p, beta, lam):
@@ -172,13 +173,13 @@ def test_mined_neighbors_generalize_and_the_shell_is_kept(tiny_pipe):
     enc, tok = tiny_pipe.text_encoder, tiny_pipe.tokenizer
     templates, concept, anchor = ["a photo of {}", "{} in a forest"], "mickey mouse", "a cat"
     common = dict(leak_padding=2, space="text")
-    exact = encode_concept(enc, tok, templates, concept, anchor, leak_padding=2)
-    kept = encode_concept(enc, tok, templates, "red circle", "red circle", leak_padding=2)
-    mined = mine_neighbors(enc, tok, templates, concept, anchor, count=20, radius=0.3, seed=0, min_cosine=0.5, **common)
-    held_out = mine_neighbors(enc, tok, templates, concept, anchor, count=20, radius=0.3, seed=99, min_cosine=0.5,
+    exact = encode_concept(single_encoder(enc, tok), templates, concept, anchor, leak_padding=2)
+    kept = encode_concept(single_encoder(enc, tok), templates, "red circle", "red circle", leak_padding=2)
+    mined = mine_neighbors(single_encoder(enc, tok), templates, concept, anchor, count=20, radius=0.3, seed=0, min_cosine=0.5, **common)
+    held_out = mine_neighbors(single_encoder(enc, tok), templates, concept, anchor, count=20, radius=0.3, seed=99, min_cosine=0.5,
                               **common)
-    shell = mine_beyond(enc, tok, templates, concept, anchor, count=20, radius=0.3, beyond_radius=None, seed=0, **common)
-    shell_held_out = mine_beyond(enc, tok, templates, concept, anchor, count=20, radius=0.3, beyond_radius=None,
+    shell = mine_beyond(single_encoder(enc, tok), templates, concept, anchor, count=20, radius=0.3, beyond_radius=None, seed=0, **common)
+    shell_held_out = mine_beyond(single_encoder(enc, tok), templates, concept, anchor, count=20, radius=0.3, beyond_radius=None,
                                  seed=98, **common)
     layers = find_cross_attention_projections(tiny_pipe.unet)
 

@@ -24,26 +24,24 @@ def text_model(model_dir):
 
 
 def test_coverage_lists_phrases_nearest_first_and_inside_means_within_the_radius(text_model):
-    tokenizer, encoder = text_model
     phrases = [("blue circle", "preserve"), ("red square", "preserve"), ("cat", "probe"), ("red circle", "erase")]
-    far = radius_coverage(encoder, tokenizer, "red circle", radius=2.0, space="text", template=TEMPLATE, phrases=phrases)
+    far = radius_coverage(text_model, "red circle", radius=2.0, space="text", template=TEMPLATE, phrases=phrases)
     distances = [p["distance"] for p in far.phrases]
     assert distances == sorted(distances) and len(distances) == 3  # the concept itself is not its own neighbour
     radius = (distances[0] + distances[1]) / 2
-    near = radius_coverage(encoder, tokenizer, "red circle", radius=radius, space="text", template=TEMPLATE,
+    near = radius_coverage(text_model, "red circle", radius=radius, space="text", template=TEMPLATE,
                            phrases=phrases)
     assert [p["phrase"] for p in near.inside()] == [far.phrases[0]["phrase"]]
     assert all(p["inside"] == (p["distance"] <= radius) for p in near.phrases)
 
 
 def test_token_coverage_lists_vocabulary_tokens_inside_the_radius_and_not_the_concept(text_model):
-    tokenizer, encoder = text_model
-    coverage = radius_coverage(encoder, tokenizer, "red circle", radius=0.9, space="token", template=TEMPLATE)
-    own = set(tokenizer("red circle", add_special_tokens=False)["input_ids"])
+    coverage = radius_coverage(text_model, "red circle", radius=0.9, space="token", template=TEMPLATE)
+    own = set(text_model.tokenizer("red circle", add_special_tokens=False)["input_ids"])
     assert coverage.tokens and all(t["distance"] <= 0.9 for t in coverage.tokens)
     assert [t["distance"] for t in coverage.tokens] == sorted(t["distance"] for t in coverage.tokens)
     assert not own & {t["token_id"] for t in coverage.tokens}
-    assert radius_coverage(encoder, tokenizer, "red circle", radius=0.01, space="token", template=TEMPLATE).tokens == []
+    assert radius_coverage(text_model, "red circle", radius=0.01, space="token", template=TEMPLATE).tokens == []
 
 
 def _policy(model_ref: str, radius: float, space: str = "text") -> str:
@@ -78,8 +76,7 @@ def _plan_json(tmp_path, capsys, text, *extra):
 
 def test_plan_reports_a_preserve_inside_an_erase_radius_as_a_positioned_warning(model_dir, text_model, tmp_path,
                                                                                 capsys):
-    tokenizer, encoder = text_model
-    cov = radius_coverage(encoder, tokenizer, "red circle", radius=2.0, space="text", template=TEMPLATE,
+    cov = radius_coverage(text_model, "red circle", radius=2.0, space="text", template=TEMPLATE,
                           phrases=[("blue circle", "preserve"), ("red square", "preserve")])
     inside, outside = cov.phrases  # nearest first
     radius = round((inside["distance"] + outside["distance"]) / 2, 6)

@@ -15,6 +15,7 @@ from policykit.realera.edit import DELTA_FILE, add_delta, apply_edit, load_edit,
 from policykit.realera.encoding import encode_erased, encode_preserved
 from policykit.realera.encoding import encode_concept
 from policykit.realera.noise_alignment import NoiseAlignmentTrainer
+from policykit.models.text import text_model
 
 OPTIONS = engine.EngineOptions(latents_per_prompt=1, latent_steps=2)
 TEMPLATES = ["a photo of {}", "a painting of {}"]
@@ -115,7 +116,7 @@ def test_one_joint_solve_maps_every_concept_to_its_anchor_and_keeps_the_preserve
     for entry in plan.erase:
         for phrase in (entry.concept, *entry.synonyms):
             before = after = 0.0
-            for t in encode_concept(pipe.text_encoder, pipe.tokenizer, TEMPLATES, phrase, entry.anchor).templates:
+            for t in encode_concept(text_model(pipe), TEMPLATES, phrase, entry.anchor).templates:
                 e, e_star = t.embeddings[0], t.anchors
                 for name, linear in projections.items():
                     w = linear.weight.detach()
@@ -124,7 +125,7 @@ def test_one_joint_solve_maps_every_concept_to_its_anchor_and_keeps_the_preserve
                     after += float((e @ w2.T - e_star @ w.T).norm())
             assert after < 0.5 * before, (phrase, before, after)
     # the preserve moves much less than the erased concepts do
-    keep = encode_concept(pipe.text_encoder, pipe.tokenizer, TEMPLATES, "cat", "cat").embedding_rows()
+    keep = encode_concept(text_model(pipe), TEMPLATES, "cat", "cat").embedding_rows()
     for name, linear in projections.items():
         w = linear.weight.detach()
         drift = (keep @ edit.weights[f"{name}.weight"].T).norm() / (keep @ w.T).norm()

@@ -11,16 +11,17 @@ from policykit.realera.edit import LORA_WEIGHT_NAME
 from policykit.realera.noise_alignment import (AttentionRecorder, NoiseAlignmentData, NoiseAlignmentTrainer,
                                                NonFiniteLossError, generate_training_latents, timestep_weights)
 from policykit.realera.settings import NoiseAlignmentSettings
+from policykit.models.text import single_encoder
 
 
 def _data(pipe, n_latents=4):
     enc, tok = pipe.text_encoder, pipe.tokenizer
-    erase = encode_prompts(enc, tok, ["a photo of mickey mouse", "mickey mouse in a forest"])
-    anchor = encode_prompts(enc, tok, ["a photo of a cat", "a cat in a forest"])
-    preserve = encode_prompts(enc, tok, ["a photo of a red circle", "a blue square", ""])
+    erase = encode_prompts(single_encoder(enc, tok), ["a photo of mickey mouse", "mickey mouse in a forest"])
+    anchor = encode_prompts(single_encoder(enc, tok), ["a photo of a cat", "a cat in a forest"])
+    preserve = encode_prompts(single_encoder(enc, tok), ["a photo of a red circle", "a blue square", ""])
     latents = torch.randn(n_latents, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     return NoiseAlignmentData(erase=erase, erase_targets=anchor, preserve=preserve, latents=latents,
-                              null=encode_prompts(enc, tok, [""])[0])
+                              null=encode_prompts(single_encoder(enc, tok), [""])[0])
 
 
 def _trainer(pipe, **config):
