@@ -18,6 +18,11 @@ Three parts; every measurement runs in a fresh subprocess, so its peak memory is
 ``lora``
     Noise-alignment (LoRA) step time and peak memory at the demo's settings:
     the engine's own training loop, timed between steps.
+``processes``
+    ``policykit apply policies/demo.yaml`` by 1 process and by 2 processes
+    (``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2``,
+    docs/scale-out.md), each with ``--threads`` threads: the seconds of the
+    audit and of noise alignment from each manifest, and their ratio.
 
     python benchmarks/speed.py                           # all three; writes section `speed` of docs/benchmarks.md
     python benchmarks/speed.py --only cfr --concepts 1,10 --no-write
@@ -51,7 +56,7 @@ if TYPE_CHECKING:
     import torch
 
 DEMO = ROOT / "policies" / "demo.yaml"
-PARTS = ("apply", "cfr", "lora")
+PARTS = ("apply", "cfr", "lora", "processes")
 #: Steps of the LoRA run left out of its median (first-call allocations, autograd warm-up).
 LORA_WARMUP = 5
 RESULT_PREFIX = "SPEED-RESULT "
@@ -528,6 +533,46 @@ def part_apply(threads: int) -> tuple[list[str], list[list[str]], list[str]]:
     return ["stage", "seconds", "share", "what"], rows, notes
 
 
+def _apply_manifest(work: Path, launch: list[str], threads: int) -> tuple[dict, float]:
+    """Apply the demo in ``work`` (a fresh copy of policies/) under ``launch``; its manifest and wall seconds."""
+    import shutil
+
+    shutil.copytree(ROOT / "policies", work / "policies")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "ACCELERATE_USE_CPU": "1"}
+    env.pop("WORLD_SIZE", None)
+    start = time.perf_counter()
+    done = subprocess.run([*launch, "-m", "policykit", "apply", "policies/demo.yaml", "--threads", str(threads)],
+                          cwd=work, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode not in (0, 3):
+        raise SystemExit(f"apply failed under {' '.join(launch)}:\n{done.stderr[-3000:]}")
+    return json.loads((work / "artifacts/demo/1.0.0/manifest.json").read_text()), seconds
+
+
+def part_processes(threads: int) -> tuple[list[str], list[list[str]], list[str]]:
+    """The demo's audit and noise alignment by 1 and 2 processes: (headers, rows, notes)."""
+    log("apply policies/demo.yaml by 1 process, then by 2 (a few minutes)")
+    launch2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    with tempfile.TemporaryDirectory() as tmp:
+        one, wall1 = _apply_manifest(Path(tmp) / "one", [sys.executable], threads)
+        two, wall2 = _apply_manifest(Path(tmp) / "two", launch2, threads)
+    stage = lambda m, name: next(s["seconds"] for s in m["stages"] if s["name"] == name)  # noqa: E731
+    rows = []
+    for name, what in (("audit", "images of the base and the edited model, shared by whole batches"),
+                       ("noise_alignment", "training latents shared by prompt; each step's batch split, "
+                                           "gradients summed")):
+        a, b = stage(one, name), stage(two, name)
+        rows.append([name, _s(a), _s(b), f"{a / b:.2f}x", what])
+    rows.append(["whole command (wall clock)", _s(wall1), _s(wall2), f"{wall1 / wall2:.2f}x",
+                 "process start, imports, model load and the stages that run once included"])
+    work = two["runtime"]["processes"]["work"]
+    notes = [f"{threads} torch thread(s) per process. Ratio: 1-process seconds / 2-process seconds. What each of "
+             f"the 2 processes drew: {', '.join(json.dumps(w, sort_keys=True) for w in work)}. The audit metrics "
+             f"of the two runs are {'identical' if one['metrics'] == two['metrics'] else 'DIFFERENT'}."]
+    return ["stage", "1 process s", "2 processes s", "ratio", "what is shared"], rows, notes
+
+
 def part_cfr(threads: int, concepts: list[int], budget_s: float) -> tuple[list[str], list[list[str]], list[str]]:
     """Closed form shared vs per layer: (headers, rows, notes)."""
     import torch
@@ -606,7 +651,8 @@ def part_lora(threads: int) -> tuple[list[str], list[list[str]], list[str]]:
 
 TITLES = {"apply": "Stages of `apply policies/demo.yaml`",
           "cfr": "Closed-form refinement at scale: one shared solve vs one solve per layer",
-          "lora": "Noise-alignment (LoRA) step at the demo's settings"}
+          "lora": "Noise-alignment (LoRA) step at the demo's settings",
+          "processes": "Several processes: `apply policies/demo.yaml` by 1 and by 2 CPU processes"}
 #: Columns of words, aligned left.
 TEXT_COLUMNS = {"what", "notes"}
 
@@ -668,8 +714,10 @@ def main(argv: list[str] | None = None) -> int:
             table = part_apply(args.threads)
         elif part == "cfr":
             table = part_cfr(args.threads, concepts, args.per_layer_budget)
-        else:
+        elif part == "lora":
             table = part_lora(args.threads)
+        else:
+            table = part_processes(args.threads)
         print(f"\n{TITLES[part]}\n{command}\n")
         print(text_table(table[0], [[c.replace("**", "") for c in row] for row in table[1]]))
         for note in table[2]:

@@ -325,14 +325,21 @@ def apply_policy(policy_path: str | Path, *, plan_path: str | Path | None = None
     :func:`decide`'s answer, the same one ``policykit plan`` reports.
     """
     from policykit.artifact.publish import ArtifactLocked, ArtifactWriter
+    from policykit.distributed import processes
     from policykit.models import check_pin
 
+    procs = processes(device)  # one, or several under accelerate launch (docs/scale-out.md)
+    procs.work.clear()
     policy_path = Path(policy_path)
     loaded, graph, plan = _load_and_compile(policy_path, Path(plan_path) if plan_path else None)
     policy = loaded.policy
 
     emit("stage", name="resolve_model", message=f"resolving {plan.inputs.base_model.id}")
     decision = decide(loaded, plan, output_dir=output_dir, sign_key=sign_key)
+    # the main process decides (the others may not see where artifacts are published)
+    action, message = procs.broadcast((decision.action, decision.message))
+    if action != decision.action:
+        decision = ApplyDecision(action, message, decision.location, decision.key)
     if decision.action == "nothing":
         return ApplyOutcome("unchanged", decision.location.path, decision.existing, decision.signed,
                             message=decision.message)
@@ -365,16 +372,28 @@ def apply_policy(policy_path: str | Path, *, plan_path: str | Path | None = None
     key, location = decision.key, decision.location
     engine = engine_settings(plan)
     identity = _identity(plan, model_sha, engine)
+    if not procs.main:  # a helper process: its share of the edit and the audit, and it writes nothing
+        if not procs.broadcast(None):
+            return ApplyOutcome("unchanged", location.path, {}, False, message="the main process built nothing")
+        _build(None, policy_path, loaded, graph, plan, model, model_sha, identity, engine, key, cache_dir, device,
+               classifier, emit)
+        procs.barrier()
+        return ApplyOutcome("helper", location.path, {}, False, message=f"process {procs.rank} of {procs.count}")
     try:
         with ArtifactWriter(location) as writer:
             if os.path.lexists(location.path):  # published by another apply while this one resolved the model
+                procs.broadcast(False)
                 again = decide(loaded, plan, output_dir=output_dir, sign_key=sign_key, model=model)
                 if again.action == "nothing":
                     return ApplyOutcome("unchanged", location.path, again.existing, again.signed,
                                         message=again.message)
                 raise ApplyError(again.message)
+            procs.broadcast(True)
             manifest, seconds = _build(writer.staging, policy_path, loaded, graph, plan, model, model_sha, identity,
                                        engine, key, cache_dir, device, classifier, emit)
+            # every process has done its share: a failure anywhere stops the run before this point, and
+            # the launcher ends the others, so nothing is published
+            procs.barrier()
             signature = None
             if key is not None:
                 from policykit.artifact.signing import sign_directory
@@ -407,10 +426,13 @@ def runtime_record(device=None) -> dict[str, Any]:
     return record
 
 
-def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_sha: str, identity: str,
+def _build(staging: Path | None, policy_path: Path, loaded, graph, plan, model, model_sha: str, identity: str,
            engine: dict, key: Path | None, cache_dir, device, classifier_spec,
            emit: Emit) -> tuple[dict, dict[str, float]]:
-    """Fill ``staging`` with everything but the signature; returns (manifest, stage seconds)."""
+    """Fill ``staging`` with everything but the signature; returns (manifest, stage seconds).
+
+    ``staging`` None: a helper process (policykit.distributed) computes its share and writes nothing.
+    """
     from policykit.artifact import layout
     from policykit.artifact.manifest import write_manifest
     from policykit.artifact.canonical import canonicalize_tree
@@ -421,7 +443,19 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
     from policykit.realera.edit import save_edit
     from policykit.realera.engine import run_plan
 
+    from policykit.distributed import current
+
+    procs = current()
     seconds: dict[str, float] = {}
+    if staging is None:
+        pipe = load_pipeline(model)
+        edit = run_plan(plan, pipe, cache_dir=cache_dir, device=device, inputs_key=model_sha,
+                        options=engine_options(plan), log=lambda line: None, progress=False)
+        if plan.stage("audit") is not None:
+            audit_edit(plan, pipe, edit, classifier=classifier_spec, provenance={},
+                       coverage=coverage_words(edit.coverage), graph_svg="", emit=lambda event, **fields: None)
+        procs.gather(dict(procs.work))
+        return {}, seconds
 
     # -- the policy exactly as applied, and the plan
     (staging / layout.POLICY).write_bytes(policy_path.read_bytes())
@@ -469,6 +503,8 @@ def _build(staging: Path, policy_path: Path, loaded, graph, plan, model, model_s
         write_reports(result, staging / layout.AUDIT_DIR)
         seconds["audit"] = time.perf_counter() - start
 
+    if procs.distributed:  # what each process drew: the work was shared
+        runtime["processes"] = {"count": procs.count, "work": procs.gather(dict(procs.work))}
     audit = None
     if result is not None:
         scales, steps = audit_sampler(plan)

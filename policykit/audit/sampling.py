@@ -123,14 +123,18 @@ def generate(pipe, prompts: Sequence[str], *, per_prompt: int, seed: int, steps:
     """
     import torch
 
+    from policykit.distributed import current
     from policykit.models.text import text_model
 
+    procs = current()
     jobs = [(p, j) for p in prompts for j in range(per_prompt)]
     rows = [i for i in range(len(prompts)) for _ in range(per_prompt)]
     device = getattr(pipe, "device", torch.device("cpu"))
     gen_device = "cpu" if device.type == "mps" else device
-    chunks = []
-    for start in range(0, len(jobs), batch_size):
+
+    starts = list(range(0, len(jobs), batch_size))
+
+    def draw(start: int) -> np.ndarray:
         batch = jobs[start:start + batch_size]
         generators = [torch.Generator(gen_device).manual_seed(image_seed(seed, p, j)) for p, j in batch]
         if conditionings is None:
@@ -141,9 +145,15 @@ def generate(pipe, prompts: Sequence[str], *, per_prompt: int, seed: int, steps:
         with torch.no_grad():
             out = pipe(**text, num_inference_steps=steps, guidance_scale=guidance,
                        generator=generators, output_type="np")
-        chunks.append(np.clip(np.round(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8))
-        if on_batch is not None:
-            on_batch(len(batch))
+        if on_batch is not None and procs.main:
+            # the main process reports its batch and the ones the others draw beside it (one round)
+            index = start // batch_size
+            on_batch(sum(len(jobs[s:s + batch_size]) for s in starts[index:index + procs.count]))
+        return np.clip(np.round(np.asarray(out.images) * 255.0), 0, 255).astype(np.uint8)
+
+    # Whole batches are shared out over the processes (policykit.distributed) and gathered back in order:
+    # every image has its own seed and every batch holds the same images at any number of processes.
+    chunks = procs.map_batches(starts, draw, "images", size=lambda start: len(jobs[start:start + batch_size]))
     images = np.concatenate(chunks)
     return images.reshape(len(prompts), per_prompt, *images.shape[1:])
 

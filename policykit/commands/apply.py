@@ -33,8 +33,13 @@ def run(args) -> int:
     from policykit.apply import ApplyError, apply_policy, event_json
     from policykit.commands.plan import print_diagnostics
 
+    from policykit.distributed import processes
+
+    procs = processes(args.device)  # under accelerate launch: this process's place among the others
     as_json = args.format == "json"
     policy_path, plan_path = args.policy, args.plan
+    if not procs.main:  # a helper process: the main one reports
+        return _helper(args, procs)
     if as_json:
         print(event_json("start", format_version=EVENTS_FORMAT_VERSION, command="apply", policy=policy_path,
                          toolkit=f"policykit {__version__}"), flush=True)
@@ -89,6 +94,19 @@ def run(args) -> int:
     else:
         print_summary(console, outcome)
     return EXIT_OK if outcome.audit_passed else EXIT_AUDIT_FAILED
+
+
+def _helper(args, procs) -> int:
+    """A process other than the main one: its share of the work, silently; an error fails it (and the run)."""
+    from policykit.apply import apply_policy
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    apply_policy(args.policy, plan_path=args.plan, output_dir=args.output, sign_key=args.sign_key,
+                 cache_dir=args.cache_dir, device=args.device, classifier=args.classifier)
+    return EXIT_OK
 
 
 def _pct(value) -> str:

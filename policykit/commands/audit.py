@@ -26,11 +26,13 @@ def run(args) -> int:
     """Verify, load the base model, audit base vs edited, write reports."""
     from policykit.apply import event_json
     from policykit.artifact.load import ArtifactRefused, base_pipeline_for, open_artifact
+    from policykit.distributed import processes
     from policykit.audit.run import audit_edit, write_reports
     from policykit.models import ModelNotAvailable
     from policykit.plan import Plan
     from policykit.realera.edit import load_edit
 
+    procs = processes(args.device)  # under accelerate launch the images are shared out; only the main one writes
     artifact = Path(args.artifact)
     as_json = args.format == "json"
     out = Path(args.out) if args.out else default_reports_dir(artifact)
@@ -54,6 +56,8 @@ def run(args) -> int:
             pipe.to(args.device)
         emit = (lambda event, **f: print(event_json(event, **f), flush=True)) if as_json else \
             (lambda event, **f: print(f.get("message", ""), file=sys.stderr) if event in ("stage", "log") else None)
+        if not procs.main:
+            emit = lambda event, **f: None  # noqa: E731 - the main process reports
         result = audit_edit(plan, pipe, edit, classifier=args.classifier,
                             provenance={"artifact": str(artifact),
                                         "content id": verified.manifest.get("content_id", "")},
@@ -62,6 +66,8 @@ def run(args) -> int:
         return fail(exc.cli_message)
     except (ModelNotAvailable, OSError, ValueError) as exc:
         return fail(str(exc))
+    if not procs.main:
+        return EXIT_OK if result.passed else EXIT_AUDIT_FAILED
     out = write_reports(result, out)
     if as_json:
         print(event_json("result", verdict=result.verdict, metrics=result.metrics_after.to_dict(), reports=str(out)))

@@ -186,6 +186,10 @@ def _esd(run: _Run, settings, outputs: dict) -> StageOutput:
     return esd.run(run.plan, run.pipeline, settings, progress=run.progress).to_stage_output()
 
 
+#: Stages every process runs under several processes, each with its share of the work (policykit.distributed);
+#: the others run once, on the main process, and their outputs are broadcast.
+PARALLEL_STAGES = frozenset({NOISE_ALIGNMENT})
+
 _STAGES: dict[str, Callable[[_Run, Any, dict], StageOutput]] = {
     MINE_NEIGHBORS: _mine, BEYOND_CONCEPT_REGULARIZATION: _shell, CLOSED_FORM_REFINEMENT: _closed_form,
     NOISE_ALIGNMENT: _noise_alignment, MACE_LORA: _mace_lora, ESD_FINETUNE: _esd,
@@ -202,7 +206,7 @@ def plan_stage_specs(plan, pipeline, *, options: EngineOptions | None = None, ca
     run = _Run(plan, pipeline, options, None if cache_dir is None else Path(cache_dir), progress, model_key)
     engine = {"engine_version": ENGINE_VERSION, **asdict(options)}
     return [StageSpec(stage.name, {**stage.settings.to_json(), "engine": engine},
-                      partial(_STAGES[stage.name], run, stage.settings))
+                      partial(_STAGES[stage.name], run, stage.settings), parallel=stage.name in PARALLEL_STAGES)
             for stage in plan.stages if stage.name in _STAGES]
 
 

@@ -101,12 +101,20 @@ class Batch:
     erase_weights: "torch.Tensor"
     preserve: "torch.Tensor | None"
 
+    def part(self, rows: slice) -> "Batch":
+        """Rows ``rows`` of every tensor (this process's share of a global batch)."""
+        cut = lambda x: None if x is None else x[rows]  # noqa: E731
+        return Batch(noisy=self.noisy[rows], timesteps=self.timesteps[rows], erase=self.erase[rows],
+                     erase_targets=cut(self.erase_targets), erase_weights=self.erase_weights[rows],
+                     preserve=cut(self.preserve))
+
 
 @dataclass
 class LossTerms:
-    """The loss and its parts (floats are detached copies for reporting)."""
+    """The loss and its parts (floats are detached copies for reporting; ``total`` too once the processes'
+    shares are summed)."""
 
-    total: "torch.Tensor"
+    total: "torch.Tensor | float"
     erase: float
     preserve: float
     attention: float
@@ -245,6 +253,8 @@ def generate_training_latents(pipe, prompts: Sequence[str], *, per_prompt: int =
     import torch
     from safetensors.torch import load_file, save_file
 
+    from policykit.distributed import current
+
     size = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     settings = {"per_prompt": per_prompt, "steps": steps, "guidance_scale": guidance_scale, "resolution": size,
                 "seed": seed, "scheduler": type(pipe.scheduler).__name__}
@@ -253,16 +263,20 @@ def generate_training_latents(pipe, prompts: Sequence[str], *, per_prompt: int =
         encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
         key = latent_cache_key(prompts, settings, fingerprint or model_fingerprint(pipe.unet, *encoders))
         path = Path(cache_dir) / f"{key}.safetensors"
-        if path.exists():
-            return load_file(path)["latents"]
-    out = []
-    for i, prompt in enumerate(prompts):
+        # the main process reads the cache (the others may not see its disk) and shares what it found
+        cached = current().broadcast(load_file(path)["latents"] if current().main and path.exists() else None)
+        if cached is not None:
+            return cached
+    def draw(job: tuple[int, str]) -> "torch.Tensor":
+        i, prompt = job
         generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + i)
         result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
                       num_images_per_prompt=per_prompt, generator=generator, output_type="latent")
-        out.append(result.images.detach().float().cpu())
-    latents = torch.cat(out)
-    if path is not None:
+        return result.images.detach().float().cpu()
+
+    # one prompt per job, shared out over the processes (each prompt has its own seed)
+    latents = torch.cat(current().map_batches(list(enumerate(prompts)), draw, "latents"))
+    if path is not None and current().main:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         save_file({"latents": latents.contiguous()}, str(tmp))
@@ -289,9 +303,13 @@ class NoiseAlignmentTrainer:
     """Trains the noise-alignment LoRA on ``unet`` in place; the loop in :meth:`train` reads top to bottom."""
 
     def __init__(self, unet, scheduler, data: NoiseAlignmentData, config: NoiseAlignmentSettings, *,
-                 progress: bool = True, adapter_name: str = ADAPTER_NAME, text=None):
+                 progress: bool = True, adapter_name: str = ADAPTER_NAME, text=None, processes=None):
         """``text`` (a :class:`~policykit.models.text.TextModel`) unpacks conditionings for the U-Net
-        (SDXL's pooled embedding and time ids); without it they are the hidden states as they are."""
+        (SDXL's pooled embedding and time ids); without it they are the hidden states as they are.
+        ``processes`` (:mod:`policykit.distributed`; default the job's) share every batch out."""
+        from policykit.distributed import current
+
+        self.processes = processes or current()
         data.check(config.target)
         self.unet, self.scheduler, self.data, self.config, self.text = unet, scheduler, data, config, text
         self.progress, self.adapter_name = progress, adapter_name
@@ -423,23 +441,49 @@ class NoiseAlignmentTrainer:
         with Progress(*columns, transient=True, disable=not self.progress) as progress:
             task = progress.add_task("train", total=c.steps, loss="-")
             for step in range(1, c.steps + 1):
+                # every process draws the same global batch; each computes its share of the mean loss
                 batch = self.sample_batch(generator)
-                terms = self.compute_loss(batch)
-                if not math.isfinite(float(terms.total.detach())):
+                optimizer.zero_grad(set_to_none=True)
+                terms = self._share_of_loss(batch)
+                total = terms.total if isinstance(terms.total, float) else float(terms.total.detach())
+                if not math.isfinite(total):
                     raise NonFiniteLossError(
-                        f"noise alignment loss is {float(terms.total.detach())} at step {step} (erase={terms.erase}, "
+                        f"noise alignment loss is {total} at step {step} (erase={terms.erase}, "
                         f"preserve={terms.preserve}, attention={terms.attention}); check the conditionings and "
                         f"latents for NaN/inf, or lower the learning rate (now {c.learning_rate})")
-                optimizer.zero_grad(set_to_none=True)
-                terms.total.backward()
                 optimizer.step()
-                report.losses.append(float(terms.total.detach()))
+                report.losses.append(total)
                 report.erase.append(terms.erase)
                 report.preserve.append(terms.preserve)
                 report.attention.append(terms.attention)
-                progress.update(task, advance=1, loss=f"{float(terms.total.detach()):.4g}")
+                progress.update(task, advance=1, loss=f"{total:.4g}")
         self.unet.eval()
         return report
+
+    def _share_of_loss(self, batch: Batch) -> LossTerms:
+        """Backpropagate this process's share of the batch's loss and sum the gradients over the processes.
+
+        One process: the loss of the whole batch. Several: rows ``processes.slice(n)`` weighted by their
+        share of ``n`` (every term is a mean over the batch's rows), so the summed gradient is the
+        one-process gradient; the terms returned are the whole batch's, on every process.
+        """
+        procs = self.processes
+        if not procs.distributed:
+            terms = self.compute_loss(batch)
+            terms.total.backward()
+            return terms
+        n = batch.noisy.shape[0]
+        rows = procs.slice(n)
+        share = (rows.stop - rows.start) / n
+        values = (0.0, 0.0, 0.0, 0.0)
+        if share > 0:
+            terms = self.compute_loss(batch.part(rows))
+            (terms.total * share).backward()
+            values = (float(terms.total.detach()) * share, terms.erase * share, terms.preserve * share,
+                      terms.attention * share)
+        procs.sum_gradients(self.parameters)
+        total, erase, preserve, attention = (sum(v) for v in zip(*procs.gather(values)))
+        return LossTerms(total=total, erase=erase, preserve=preserve, attention=attention)
 
     def save(self, directory: str | Path, pipeline_class: "type | str | None" = None) -> Path:
         """Save the trained adapter in the diffusers LoRA format of ``pipeline_class`` (default SD); returns

@@ -83,6 +83,9 @@ class StageSpec:
     name: str
     settings: Mapping[str, Any]
     fn: Callable[[dict[str, StageOutput]], StageOutput]
+    #: Data parallel: under several processes every one runs ``fn`` (which shares its work out); a stage
+    #: that is not runs on the main process alone and its output is broadcast (policykit.distributed).
+    parallel: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,13 +114,20 @@ class StageRunner:
     ``inputs_key`` identifies everything outside the stages' settings that
     their outputs depend on (base model hash, toolkit version...): it seeds
     the key chain. ``log`` receives one line per stage.
+
+    Under several processes (:mod:`policykit.distributed`) only the main one
+    reads and writes the cache; a stage that is cached or not ``parallel`` is
+    run (or read) there and its output broadcast to the others.
     """
 
     def __init__(self, cache_dir: str | Path | None, inputs_key: str = "",
-                 log: Callable[[str], None] = lambda line: None):
+                 log: Callable[[str], None] = lambda line: None, processes=None):
+        from policykit.distributed import current
+
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.inputs_key = inputs_key
         self.log = log
+        self.processes = processes or current()
 
     def run(self, stages: Sequence[StageSpec]) -> tuple[dict[str, StageOutput], list[StageRecord]]:
         """Run (or reuse) every stage in order; returns outputs and records."""
@@ -126,19 +136,24 @@ class StageRunner:
             raise ValueError(f"stage names must be unique: {names}")
         outputs: dict[str, StageOutput] = {}
         records: list[StageRecord] = []
+        procs = self.processes
         for spec, key in zip(stages, stage_keys(stages, self.inputs_key)):
             start = time.perf_counter()
-            cached = self._load(spec.name, key)
-            if cached is None:
-                output = spec.fn(dict(outputs))
-                if not isinstance(output, StageOutput):
-                    raise TypeError(f"stage {spec.name} returned {type(output).__name__}, not StageOutput")
-                self._save(spec.name, key, output)
+            cached = self._load(spec.name, key) if procs.main else None
+            hit = procs.broadcast(cached is not None)
+            if procs.distributed and (hit or not spec.parallel):
+                # the main process runs (or reads) it; the others receive its output
+                output = None
+                if procs.main:
+                    output = cached if hit else self._compute(spec, outputs, key)
+                output = procs.broadcast(output)
+            elif not hit:
+                output = self._compute(spec, outputs, key)
             else:
                 output = cached
             seconds = time.perf_counter() - start
             outputs[spec.name] = output
-            record = StageRecord(spec.name, key, cached is not None, seconds, dict(output.info))
+            record = StageRecord(spec.name, key, hit, seconds, dict(output.info))
             records.append(record)
             # Only scalars go on the log line; lists and dicts (coverage, configs) stay in the records.
             numbers = ", ".join(f"{k}={_short(v)}" for k, v in output.info.items()
@@ -146,6 +161,14 @@ class StageRunner:
             self.log(f"{spec.name}: {'cached' if record.cached else 'done'} in {seconds:.2f}s"
                      + (f" ({numbers})" if numbers else ""))
         return outputs, records
+
+    def _compute(self, spec: StageSpec, outputs: dict[str, StageOutput], key: str) -> StageOutput:
+        output = spec.fn(dict(outputs))
+        if not isinstance(output, StageOutput):
+            raise TypeError(f"stage {spec.name} returned {type(output).__name__}, not StageOutput")
+        if self.processes.main:
+            self._save(spec.name, key, output)
+        return output
 
     def _entry(self, name: str, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{name}-{key[:16]}"
