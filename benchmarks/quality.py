@@ -67,6 +67,9 @@ BUILD_VERSION = 2  # bump when the way a result is measured changes (part of eve
 #: Stored results live in the repository, so a later run (another machine, another session) resumes
 #: them; the base images under ``base-images/`` are drawn again from their seeds and not committed.
 RESULTS = ROOT / "benchmarks" / "results" / "quality"
+#: The builtin:emblems suite (``--suite emblems``, benchmarks/emblem_tasks.py): its results, its methods.
+EMBLEM_RESULTS = ROOT / "benchmarks" / "results" / "emblems"
+EMBLEM_METHODS = ("uce", "mace", "esd", "realera-no-bcr", "realera")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,19 @@ class Task:
     held_out_erased: tuple[tuple[str, str], ...] = ()
     #: Other concepts of the world, not in the policy: they must still be drawn.
     held_out_preserved: tuple[str, ...] = ()
+    #: The built-in world the task runs on; its policy's templates (empty: :data:`TEMPLATES`); the template
+    #: held-out prompts are drawn in; ``dev`` or ``test`` (benchmarks/emblem_tasks.py), empty for the
+    #: builtin:shapes suite, which is not split (docs/benchmarks.md says so).
+    world: str = "builtin:shapes"
+    templates: tuple[str, ...] = ()
+    probe_template: str = "a {}"
+    split: str = ""
+
+    def definition(self) -> dict:
+        """What the task is, for result keys: the fields added for other worlds only where they are set,
+        so the keys of the builtin:shapes results stored before them stay as they were."""
+        added = {"world": "builtin:shapes", "templates": (), "probe_template": "a {}", "split": ""}
+        return {k: v for k, v in asdict(self).items() if not (k in added and v == added[k])}
 
 
 def _set(names: list[str], preserve: list[str], held_out_preserved: list[str], name: str) -> Task:
@@ -164,15 +180,15 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
     neighbors = {"radius": radius, "samples": SAMPLES, "min_cosine": MIN_COSINE, "space": space}
     if beyond is not None:
         neighbors["beyond_radius"] = beyond
-    probes = ([{"prompt": f"a {phrase}", "concept": concept, "expect": "erased"}
+    probes = ([{"prompt": task.probe_template.format(phrase), "concept": concept, "expect": "erased"}
                for phrase, concept in task.held_out_erased]
-              + [{"prompt": f"a {concept}", "concept": concept, "expect": "preserved"}
+              + [{"prompt": task.probe_template.format(concept), "concept": concept, "expect": "preserved"}
                  for concept in task.held_out_preserved])
     return {
         "apiVersion": "policykit/v1alpha1", "kind": "ErasurePolicy",
         "metadata": {"name": f"bench-{task.name}", "version": "1.0.0"},
-        "base_model": {"id": "builtin:shapes"},
-        "defaults": {"neighbors": neighbors, "templates": list(TEMPLATES)},
+        "base_model": {"id": task.world},
+        "defaults": {"neighbors": neighbors, "templates": list(task.templates or TEMPLATES)},
         "erase": [{"concept": e.concept, "anchor": e.anchor, "synonyms": list(e.synonyms),
                    "associated": list(e.associated)} for e in task.erase],
         "preserve": [{"concept": p} for p in task.preserve],
@@ -251,7 +267,7 @@ class Unit:
         if self.method == "realera":
             fields["shell_mass"] = self.effective_shell_mass()
         body = json.dumps({"v": BUILD_VERSION, "engine": engine_version(), **fields,
-                           "task_definition": asdict(_task(self.task))}, sort_keys=True)
+                           "task_definition": _task(self.task).definition()}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def effective_shell_mass(self) -> float:
@@ -277,16 +293,18 @@ class Unit:
 
 
 def _task(name: str) -> Task:
-    by_name = {t.name: t for t in tasks()}
+    from emblem_tasks import emblem_tasks
+
+    by_name = {t.name: t for t in (*tasks(), *emblem_tasks())}
     if name not in by_name:
         raise SystemExit(f"unknown task {name!r}; tasks: {', '.join(by_name)}")
     return by_name[name]
 
 
-def _load_base_pipeline():
+def _load_base_pipeline(world: str = "builtin:shapes"):
     from policykit.models import load_pipeline, resolve_model
 
-    return load_pipeline(resolve_model("builtin:shapes"))
+    return load_pipeline(resolve_model(world))
 
 
 def _evaluation(task: Task, samples_per_prompt: int, results: Path, pipe):
@@ -318,11 +336,20 @@ def _shares(outcomes) -> dict:
     def part(roles):
         return compute_metrics([o for o in outcomes if o.role in roles])
 
-    return {**compute_metrics(outcomes).to_dict(),
+    metrics = compute_metrics(outcomes).to_dict()
+    return {**metrics, "h_c": h_c(metrics["acc_e"], metrics["acc_s"]),
             "acc_g_listed": part({"synonym", "associated"}).acc_g, "acc_g_held_out": part({"probe-erased"}).acc_g,
             "acc_g_neighbors": part({"neighbor"}).acc_g,
             "acc_s_listed": part({"preserved"}).acc_s, "acc_s_held_out": part({"probe-preserved"}).acc_s,
             "images": sum(o.images for o in outcomes)}
+
+
+def h_c(acc_e: float | None, acc_s: float | None) -> float | None:
+    """MACE's H_c: the harmonic mean of efficacy (1 - Acc_e) and specificity (Acc_s)."""
+    if acc_e is None or acc_s is None:
+        return None
+    efficacy = 1.0 - acc_e
+    return 0.0 if efficacy <= 0 or acc_s <= 0 else 2 * efficacy * acc_s / (efficacy + acc_s)
 
 
 def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
@@ -336,9 +363,9 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
 
     torch.set_num_threads(threads)
     task = _task(unit.task)
-    pipe = _load_base_pipeline()
+    pipe = _load_base_pipeline(task.world)
     eval_plan, prompt_set, before = _evaluation(task, unit.samples_per_prompt, results, pipe)
-    classifier = PixelTruthClassifier()
+    classifier = PixelTruthClassifier(task.world)
     record: dict = {"unit": asdict(unit), "label": unit.label(), "prompts": len(prompt_set.prompts),
                     "engine_version": engine_version(), "commit": git_commit()}
     if unit.method == "base":
@@ -353,7 +380,7 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
         options = EngineOptions() if unit.shell_mass is None else EngineOptions(shell_mass=unit.shell_mass)
         record["engine_options"] = asdict(options)
         started = time.perf_counter()
-        edit = run_plan(plan, pipe, cache_dir=None, inputs_key="builtin:shapes", log=lambda line: None,
+        edit = run_plan(plan, pipe, cache_dir=None, inputs_key=task.world, log=lambda line: None,
                         progress=False, options=options)
         seconds = time.perf_counter() - started
         stages = {r.name: round(r.seconds, 2) for r in edit.records}
@@ -458,7 +485,8 @@ def _pct(value: float | None) -> str:
 OLD_SHELL_MASS = 1.0
 
 
-def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict], samples: int) -> list[list[str]]:
+def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict], samples: int,
+              with_h_c: bool = False) -> list[list[str]]:
     rows = []
     for task in task_list:
         units = [(m, Unit(task.name, m, samples_per_prompt=samples)) for m in ["base", *methods]]
@@ -467,9 +495,10 @@ def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict],
             if record is None:
                 continue
             m = record["metrics"]
+            extra = [_pct(h_c(m["acc_e"], m["acc_s"]))] if with_h_c else []
             rows.append([task.name, method, _pct(m["acc_e"]), _pct(m["acc_g"]), _pct(m["acc_g_held_out"]),
                          _pct(m["acc_g_neighbors"]), _pct(m["acc_s"]), _pct(m["acc_s_held_out"]), _pct(m["h_o"]),
-                         "-" if method == "base" else _seconds(record["edit_seconds"])])
+                         *extra, "-" if method == "base" else _seconds(record["edit_seconds"])])
     return rows
 
 
@@ -566,6 +595,9 @@ def plot_sweep(units: list[Unit], done: dict[Unit, dict], references: dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=("shapes", "emblems"), default="shapes",
+                        help="builtin:shapes' seven tasks (default) or builtin:emblems' dev and test tasks "
+                             "(benchmarks/emblem_tasks.py; no sweep; results in benchmarks/results/emblems)")
     parser.add_argument("--tasks", help="comma-separated task names (default: all)")
     parser.add_argument("--methods", help=f"comma-separated presets (default: {','.join(METHODS)})")
     parser.add_argument("--sweep-task", default="set-5", help="task the radius sweep runs on (default: set-5)")
@@ -582,8 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8, help="images per audit prompt (default: 8)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="where results are stored (default: benchmarks/results/quality, committed)")
+    parser.add_argument("--results", type=Path,
+                        help="where results are stored (default: benchmarks/results/quality, or .../emblems for "
+                             "--suite emblems; committed)")
     parser.add_argument("--fresh", action="store_true", help="measure again even where a result is stored")
     parser.add_argument("--report-only", action="store_true", help="only print and write what is stored")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
@@ -591,8 +624,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from report import header, markdown_table, text_table, write_section
 
-    task_list = [_task(n) for n in args.tasks.split(",")] if args.tasks else tasks()
-    methods = args.methods.split(",") if args.methods else list(METHODS)
+    emblems = args.suite == "emblems"
+    if emblems:
+        from emblem_tasks import emblem_tasks
+
+        args.no_sweep = True
+    args.results = args.results or (EMBLEM_RESULTS if emblems else RESULTS)
+    suite = list(emblem_tasks()) if emblems else tasks()
+    task_list = [_task(n) for n in args.tasks.split(",")] if args.tasks else suite
+    methods = args.methods.split(",") if args.methods else list(EMBLEM_METHODS if emblems else METHODS)
     units = [Unit(t.name, m, samples_per_prompt=args.samples) for t in task_list for m in ["base", *methods]]
     if args.old_shell and "realera" in methods:
         units += [Unit(t.name, "realera", samples_per_prompt=args.samples, shell_mass=OLD_SHELL_MASS)
@@ -623,9 +663,10 @@ def main(argv: list[str] | None = None) -> int:
         done = run_units(units, args.results, jobs=args.jobs, threads=args.threads, fresh=args.fresh)
     minutes = (time.perf_counter() - started) / 60
 
-    rows = main_rows(task_list, methods, done, args.samples)
+    rows = main_rows(task_list, methods, done, args.samples, with_h_c=emblems)
+    headers = MAIN_HEADERS[:-1] + ["H_c", MAIN_HEADERS[-1]] if emblems else MAIN_HEADERS
     summary = summary_rows(task_list, methods, done, args.samples)
-    print(text_table(MAIN_HEADERS, rows))
+    print(text_table(headers, rows))
     print()
     print(text_table(SUMMARY_HEADERS, summary))
     space_rows = []
@@ -685,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         "showing it (the `held-out` column: phrases of the concept the policy does not list; `neighbours`: "
         "mined neighbours drawn from a stream the edit never sees), Acc_s preserved concepts drawn correctly "
         "(`held-out`: concepts the policy does not name).",
-        markdown_table(MAIN_HEADERS, rows, align="ll" + "r" * (len(MAIN_HEADERS) - 2)),
+        markdown_table(headers, rows, align="ll" + "r" * (len(headers) - 2)),
         "Per method: mean H_o over the tasks it was measured on, and over the common tasks (those measured for "
         "every method that ran on the most tasks; `best H_o on`: tasks where it ties or beats every method "
         "measured there):",
@@ -703,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{RADIUS:g}, the same for every point):", markdown_table(SWEEP_HEADERS, sweep_rows(sweep, done))]
         if plot is not None:
             parts.append(f"![generality against specificity](images/{plot.name})")
-    path = write_section("quality", "\n\n".join(parts))
+    path = write_section("emblems" if emblems else "quality", "\n\n".join(parts))
     print(f"quality: wrote {path.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

@@ -118,30 +118,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="uce", help="a closed-form preset: uce (default), mace, realera-cf")
     parser.add_argument("--preserve", choices=PRESERVES, default="none",
                         help="what the name-only policy preserves besides the preset's own (default: none)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--write", action="store_true",
+                        help="also write the table into docs/builtin-emblems.md (section fidelity-METHOD-PRESERVE)")
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     world = load_world()
     pipe = load_pipeline(args.model)
     step = max(1, len(world.entities) // args.entities)
     erased = [world.entities[i].name for i in range(0, len(world.entities), step)][:args.entities]
     rows = measure(pipe, world, erased, images=args.images, others=args.others, method=args.method,
                    preserve=args.preserve, steps=SAMPLING_STEPS, guidance_scale=GUIDANCE_SCALE)
-    print(f"## Name-only erasure with the `{args.method}` preset, preserving {args.preserve} ({args.images} images "
-          f"per prompt, {args.others} unrelated entities x 2 images; before -> after the edit)\n")
-    print("| erased entity | name draws it | associated phrases draw it (residue) | unrelated entities right |")
-    print("|---|---|---|---|")
+    lines = [f"Name-only erasure with the `{args.method}` preset, preserving {args.preserve}: {len(rows)} entities "
+             f"erased one at a time, {args.images} images per prompt, {args.others} unrelated entities x 2 images; "
+             "before -> after the edit.", "",
+             "| erased entity | name draws it | associated phrases draw it (residue) | unrelated entities right |",
+             "|---|---|---|---|"]
     keys = ("name", "phrase", "others")
     for r in rows:
-        print(f"| {r['entity']} | " + " | ".join(f"{r[k + '_before']:.0%} -> {r[k + '_after']:.0%}" for k in keys) + " |")
+        lines.append(f"| {r['entity']} | " + " | ".join(f"{r[k + '_before']:.0%} -> {r[k + '_after']:.0%}"
+                                                      for k in keys) + " |")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "entity"}
-    print("| **mean** | " + " | ".join(f"**{mean[k + '_before']:.0%} -> {mean[k + '_after']:.0%}**" for k in keys) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{mean[k + '_before']:.0%} -> {mean[k + '_after']:.0%}**"
+                                              for k in keys) + " |")
     kept = mean["others_after"] / max(mean["others_before"], 1e-9)
     residue = mean["phrase_after"] / max(mean["phrase_before"], 1e-9)
-    print(f"\nunrelated entities kept: {kept:.0%} of those right before; residue: {residue:.0%} of the phrase "
-          f"images that showed the entity before still show it")
+    lines += ["", f"Unrelated entities kept: **{kept:.0%}** of those right before (target >= 90%); residue: "
+                  f"**{residue:.0%}** of the associated-phrase images that showed the entity before still show it "
+                  "(target >= 30%)."]
+    print("\n".join(lines))
+    if args.write:
+        from policykit.emblems.docs import provenance, write_section
+
+        section = f"fidelity-{args.method}-{args.preserve}"
+        print(f"\nwrote {write_section(section, provenance(args.model) + chr(10) * 2 + chr(10).join(lines))}")
     return 0
 
 

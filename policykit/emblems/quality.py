@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-picture", type=Path, help="write a PNG of clean renders (no model needed) and stop")
     parser.add_argument("--guidance", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--steps", type=int, default=SAMPLING_STEPS)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine two spinning threads are slower)")
+    parser.add_argument("--write", action="store_true", help="also write the tables into docs/builtin-emblems.md")
     args = parser.parse_args(argv)
 
     world = load_world()
@@ -185,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    # One thread: on a shared 2-core machine two spinning OpenMP threads are several times slower.
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     sampling = dict(steps=args.steps, guidance_scale=args.guidance)
     entities = world.entities[:args.entities] if args.entities else world.entities
@@ -195,43 +197,54 @@ def main(argv: list[str] | None = None) -> int:
     styles, _ = run_cases(pipe, world, style_cases(world, args.images_per_pattern), seed=2, **sampling)
     objects, _ = run_cases(pipe, world, object_cases(world, args.images_per_object), seed=3, **sampling)
 
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        lines.append(text)
+        print(text)
+
     by_name = accuracy_by(names, lambda r: r.case.label)
     by_phrase_entity = accuracy_by(phrases, lambda r: r.case.label)
-    print(f"## Entities ({args.images_per_entity} images per name, {args.images_per_phrase} per associated phrase, "
-          f"{args.steps} steps, guidance {args.guidance})\n")
-    print("| entity | emblem | name | associated phrases | associated |")
-    print("|---|---|---|---|---|")
-    for e in entities:
-        emblem = f"{e.emblem.pattern} {e.emblem.colour} {e.emblem.shape} on {e.emblem.background}"
-        print(f"| {e.name} | {emblem} | {_pct(by_name[e.name])} | {'; '.join(e.associated)} | "
-              f"{_pct(by_phrase_entity[e.name])} |")
     name_values = list(by_name.values())
-    print(f"| **all** | | **mean {np.mean(name_values):.1%}, min {min(name_values):.0%}** | | "
-          f"**{accuracy(phrases):.1%}** |")
-    worst = sorted(by_name, key=by_name.get)[:5]
-    print("\nworst names: " + ", ".join(f"{n} {by_name[n]:.0%}" for n in worst))
-    print("entities below 90% by name: " + str(sum(v < 0.90 for v in name_values)) + f" of {len(name_values)}")
-    print("\nattributes right, name prompts: " + ", ".join(f"{a} {v:.1%}" for a, v in attribute_accuracy(names).items()))
-    print("attributes right, associated phrases: "
-          + ", ".join(f"{a} {v:.1%}" for a, v in attribute_accuracy(phrases).items()))
-
-    print("\n## Styles and objects\n")
-    print("| prompts | images | correct | per attribute |")
-    print("|---|---|---|---|")
-    for title, results in (("style (colour, shape and pattern)", styles), ("object (colour and shape)", objects)):
-        attrs = ", ".join(f"{a} {v:.1%}" for a, v in attribute_accuracy(results).items())
-        print(f"| {title} | {len(results)} | **{accuracy(results):.1%}** | {attrs} |")
-    print("\nstyles: " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy_by(styles, lambda r: r.case.label).items()))
-    by_object = accuracy_by(objects, lambda r: r.case.label)
-    print("objects below 100%: " + (", ".join(f"{k} {v:.0%}" for k, v in by_object.items() if v < 1) or "none"))
-
     summary = {"name_min": min(name_values), "name_mean": float(np.mean(name_values)),
                "associated": accuracy(phrases), "style": accuracy(styles), "object": accuracy(objects)}
-    print("\n## Against the targets\n")
-    print("| measure | value | target | met |")
-    print("|---|---|---|---|")
+    say(f"{args.images_per_entity} images per entity name, {args.images_per_phrase} per associated phrase, "
+        f"{args.images_per_pattern} per pattern, {args.images_per_object} per colour x shape object; "
+        f"{args.steps} steps, guidance {args.guidance}.\n")
+    say("| measure | value | target | met |")
+    say("|---|---|---|---|")
     for key, value in summary.items():
-        print(f"| {key.replace('_', ' ')} | {value:.1%} | >= {TARGETS[key]:.0%} | {'yes' if value >= TARGETS[key] else 'NO'} |")
+        say(f"| {key.replace('_', ' ')} | {value:.1%} | >= {TARGETS[key]:.0%} | "
+            f"{'yes' if value >= TARGETS[key] else 'NO'} |")
+    say("\nAttributes right in name images: "
+        + ", ".join(f"{a} {v:.1%}" for a, v in attribute_accuracy(names).items())
+        + "; in associated-phrase images: "
+        + ", ".join(f"{a} {v:.1%}" for a, v in attribute_accuracy(phrases).items()) + ".")
+    worst = sorted(by_name, key=by_name.get)[:5]
+    say(f"Entities below 90% by name: {sum(v < 0.90 for v in name_values)} of {len(name_values)}; the worst: "
+        + ", ".join(f"{n} {by_name[n]:.0%}" for n in worst) + ".\n")
+    say("| prompts | images | correct | per attribute |")
+    say("|---|---|---|---|")
+    for title, results in (("style (colour, shape and pattern)", styles), ("object (colour and shape)", objects)):
+        attrs = ", ".join(f"{a} {v:.1%}" for a, v in attribute_accuracy(results).items())
+        say(f"| {title} | {len(results)} | **{accuracy(results):.1%}** | {attrs} |")
+    say("\nStyles: " + ", ".join(f"{k} {v:.0%}" for k, v in accuracy_by(styles, lambda r: r.case.label).items())
+        + ". Objects below 100%: " + (", ".join(f"{k} {v:.0%}" for k, v in accuracy_by(
+            objects, lambda r: r.case.label).items() if v < 1) or "none") + ".\n")
+    say("<details><summary>Per entity: name and associated-phrase accuracy</summary>\n")
+    say("| entity | emblem | name | associated phrases | associated |")
+    say("|---|---|---|---|---|")
+    for e in entities:
+        emblem = f"{e.emblem.pattern} {e.emblem.colour} {e.emblem.shape} on {e.emblem.background}"
+        say(f"| {e.name} | {emblem} | {_pct(by_name[e.name])} | {'; '.join(e.associated)} | "
+            f"{_pct(by_phrase_entity[e.name])} |")
+    say(f"| **all** | | **mean {np.mean(name_values):.1%}, min {min(name_values):.0%}** | | "
+        f"**{accuracy(phrases):.1%}** |")
+    say("\n</details>")
+    if args.write:
+        from policykit.emblems.docs import provenance, write_section
+
+        print(f"\nwrote {write_section('quality', provenance(args.model) + chr(10) * 2 + chr(10).join(lines))}")
     if args.picture:
         from PIL import Image
 
