@@ -25,8 +25,9 @@ imported.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -106,6 +107,17 @@ class Processes:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Inside the block this process works as if it were the only one (a stage the main process runs
+        by itself: its collectives would wait for processes that are not running it)."""
+        count = self.count
+        self.count = 1
+        try:
+            yield
+        finally:
+            self.count = count
 
     def barrier(self) -> None:
         """Wait until every process gets here."""

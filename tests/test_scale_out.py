@@ -136,3 +136,38 @@ def test_a_process_killed_mid_run_publishes_nothing_and_the_rerun_completes(tmp_
     manifest = json.loads((work / "artifacts/demo/1.0.0/manifest.json").read_text())
     assert manifest["status"] == "passed" and manifest["runtime"]["processes"]["count"] == 2
     assert not [p for p in (work / "artifacts/demo").iterdir() if "staging" in p.name]
+
+
+def test_a_stage_the_main_process_runs_alone_does_not_wait_for_the_others(tmp_path):
+    """MACE's LoRA stage runs once, on the main process, and draws its training latents there: its
+    work must not be shared out to processes that are waiting for its output."""
+    import torch
+
+    from policykit.testing import build_tiny_pipeline
+
+    torch.set_num_threads(1)
+    build_tiny_pipeline().save_pretrained(tmp_path / "tiny")
+    (tmp_path / "policy.yaml").write_text(f"""\
+apiVersion: policykit/v1alpha1
+kind: ErasurePolicy
+metadata: {{name: tiny-mace, version: 1.0.0}}
+base_model: {{id: {tmp_path / "tiny"}}}
+defaults:
+  templates: ["a photo of {{}}"]
+erase:
+  - concept: red circle
+    anchor: blue circle
+training:
+  method: mace
+  lora: {{steps: 2, batch_size: 2, rank: 2}}
+audit: {{enabled: false}}
+output: {{dir: artifacts}}
+""")
+    done = subprocess.run(_launch("apply", "policy.yaml", "--threads", "1", port=29614), cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=300)  # a deadlock hangs: fail, not wait
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "artifacts/tiny-mace/1.0.0/manifest.json").read_text())
+    stages = [s["name"] for s in manifest["stages"]]
+    assert "mace_lora" in stages and manifest["runtime"]["processes"]["count"] == 2
+    # the main process drew MACE's latents by itself; no audit, so nothing else was shared
+    assert [w.get("latents", 0) > 0 for w in manifest["runtime"]["processes"]["work"]] == [True, False]

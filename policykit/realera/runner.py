@@ -144,8 +144,11 @@ class StageRunner:
             if procs.distributed and (hit or not spec.parallel):
                 # the main process runs (or reads) it; the others receive its output
                 output = None
-                if procs.main:
-                    output = cached if hit else self._compute(spec, outputs, key)
+                if procs.main and not hit:
+                    with procs.alone():  # the others are waiting below, not running this stage
+                        output = self._compute(spec, outputs, key)
+                elif procs.main:
+                    output = cached
                 output = procs.broadcast(output)
             elif not hit:
                 output = self._compute(spec, outputs, key)
