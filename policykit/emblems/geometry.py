@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m policykit.emblems.geometry", description=main.__doc__)
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
     parser.add_argument("--per-phrase", action="store_true", help="also print one row per associated phrase")
+    parser.add_argument("--write", action="store_true",
+                        help="also write the tables (and the per-phrase rows) into docs/builtin-emblems.md")
     args = parser.parse_args(argv)
 
     import torch
@@ -118,27 +120,50 @@ def main(argv: list[str] | None = None) -> int:
     world = load_world()
     pipe = load_pipeline(args.model)
     report = measure(load_clip(args.model), pipe.text_encoder, pipe.tokenizer, world)
-    titles = {"clip": "CLIP joint space (projected text features)",
-              "eos": "U-Net conditioning (last hidden state at EOS)"}
+    titles = {"clip": "CLIP joint space", "eos": "EOS hidden state"}
+    lines = ["| space | phrases | count | cosine to own | to nearest other | to others (mean) | own is nearest | "
+             "worst margin |", "|---|---|---|---|---|---|---|---|"]
     for space, data in report.items():
-        print(f"## {titles[space]}\n")
-        print("| phrases | count | cosine to own | to nearest other | to others (mean) | own is nearest | worst margin |")
-        print("|---|---|---|---|---|---|---|")
-        for kind, title in (("associated", "associated phrase vs entity names"), ("synonym", "object synonym vs objects")):
-            print(f"| {title} | " + _summary([r for r in data["rows"] if r.kind == kind]) + " |")
-        print("\nentity names, mean cosine by attributes shared: "
-              + ", ".join(f"{k} shared {v:.3f} ({data['pairs_by_shared'][k]} pairs)" for k, v in data["by_shared"].items()))
-        print()
-    if args.per_phrase:
-        print("## Per associated phrase (CLIP space / EOS state)\n")
-        print("| phrase | entity | own | nearest other | rank | EOS own | EOS nearest other | EOS rank |")
-        print("|---|---|---|---|---|---|---|---|")
-        eos_rows = {r.phrase: r for r in report["eos"]["rows"] if r.kind == "associated"}
-        for r in (r for r in report["clip"]["rows"] if r.kind == "associated"):
-            e = eos_rows[r.phrase]
-            print(f"| {r.phrase} | {r.owner} | {r.own:.3f} | {r.nearest_other:.3f} | {r.rank} | "
-                  f"{e.own:.3f} | {e.nearest_other:.3f} | {e.rank} |")
+        for kind, title in (("associated", "associated phrase vs entity names"),
+                            ("synonym", "object synonym vs objects")):
+            lines.append(f"| {titles[space]} | {title} | " + _summary([r for r in data["rows"] if r.kind == kind])
+                         + " |")
+    lines += ["", "Entity names, mean cosine between two names by the number of emblem attributes their entities "
+              "share (the partial-credit structure):", "",
+              "| attributes shared | pairs | CLIP joint space | EOS hidden state |", "|---|---|---|---|"]
+    for shared, pairs in report["clip"]["pairs_by_shared"].items():
+        lines.append(f"| {shared} | {pairs:,} | {report['clip']['by_shared'][shared]:.3f} | "
+                     f"{report['eos']['by_shared'][shared]:.3f} |")
+    clip_rows = [r for r in report["clip"]["rows"] if r.kind == "associated"]
+    eos_rows = [r for r in report["eos"]["rows"] if r.kind == "associated"]
+    lines += ["", f"Associated phrases whose own entity is the nearest name: {sum(r.rank == 1 for r in clip_rows)} "
+              f"of {len(clip_rows)} in CLIP space (the others rank it {_ranks(clip_rows)}), "
+              f"{sum(r.rank == 1 for r in eos_rows)} of {len(eos_rows)} at EOS; cosine to the own name at EOS "
+              f"{min(r.own for r in eos_rows):.2f}-{max(r.own for r in eos_rows):.2f}."]
+    print("\n".join(lines))
+    details = []
+    if args.per_phrase or args.write:
+        details = ["<details><summary>Every associated phrase (CLIP space and EOS state: cosine to its own entity, "
+                   "to the nearest other, and the own entity's rank)</summary>", "",
+                   "| phrase | entity | own | nearest other | rank | EOS own | EOS nearest other | EOS rank |",
+                   "|---|---|---|---|---|---|---|---|"]
+        by_phrase = {r.phrase: r for r in eos_rows}
+        for r in clip_rows:
+            e = by_phrase[r.phrase]
+            details.append(f"| {r.phrase} | {r.owner} | {r.own:.3f} | {r.nearest_other:.3f} | {r.rank} | "
+                           f"{e.own:.3f} | {e.nearest_other:.3f} | {e.rank} |")
+        details += ["", "</details>"]
+        print("\n" + "\n".join(details))
+    if args.write:
+        from policykit.emblems.docs import provenance, write_section
+
+        print(f"\nwrote {write_section('geometry', provenance(args.model) + chr(10) * 2 + chr(10).join(lines + [''] + details))}")
     return 0
+
+
+def _ranks(rows: list[PhraseRow]) -> str:
+    others = sorted(r.rank for r in rows if r.rank > 1)
+    return f"{others[0]}-{others[-1]}" if others else "first everywhere"
 
 
 if __name__ == "__main__":

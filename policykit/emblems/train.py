@@ -62,16 +62,20 @@ class Recipe:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_foreground_weight: float = 2.0
-    unet_steps: int = 3000
+    unet_steps: int = 7000
+    #: Length of the U-Net's learning-rate schedule (warm-up, then cosine decay) when it is not
+    #: ``unet_steps`` (0): a run may stop before its schedule ends. The shipped model ran 7,000 steps of a
+    #: 9,000-step schedule (docs/builtin-emblems.md, "How it was trained", says why).
+    unet_schedule_steps: int = 9000
     unet_batch: int = 32
     unet_lr: float = 6e-4
     unet_images: int = 24000
     #: Share of U-Net samples that show an entity (the rest: free emblems with descriptive captions).
-    unet_entity_share: float = 0.6
+    unet_entity_share: float = 0.7
     #: Captions of entity samples in the U-Net stage: name, associated phrase (else a description).
     #: Associated phrases get as much as names, so they reach the emblem through their own tokens.
-    unet_name_share: float = 0.45
-    unet_associated_share: float = 0.45
+    unet_name_share: float = 0.5
+    unet_associated_share: float = 0.4
     unet_widths: str = "64,128"
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
@@ -259,7 +263,8 @@ def train_unet(world: World, tokenizer, text_encoder, vae, recipe: Recipe, check
             hidden = text_encoder(_tokenize(tokenizer, captions))[0]
         latents = (means[index] + stds[index] * torch.randn(stds[index].shape, generator=generator)) * scaling
         loss = diffusion_loss(unet, scheduler, latents, hidden, generator)
-        optimizer_step(optimizer, loss, _lr_at(step, recipe.unet_steps, recipe.unet_lr, warmup=200), unet.parameters())
+        schedule = recipe.unet_schedule_steps or recipe.unet_steps
+        optimizer_step(optimizer, loss, _lr_at(step, schedule, recipe.unet_lr, warmup=200), unet.parameters())
         ema_update(ema, unet, step, recipe.ema_decay)
         if step % 250 == 0 or step == recipe.unet_steps - 1:
             _log(f"unet step {step:5d} loss {loss.item():.4f}", started)
