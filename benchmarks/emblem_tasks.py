@@ -29,6 +29,10 @@ TEMPLATES = ("a picture of {}", "the emblem of {}", "a logo showing {}")
 PROBE_TEMPLATE = "a picture of {}"
 SPLIT_SEED, DRAW_SEED = 13, 7
 SIZES = {1: 3, 10: 3, 50: 1}  # entities erased -> draws, in each pool
+#: Images per audit prompt by entities erased (quality.py's default for this suite): the erased prompts
+#: grow with the entities (3 per entity, and 2 held-out neighbours each), so the large tasks still count
+#: 300-500 images of erased prompts with one image each.
+SAMPLES_BY_SIZE = {1: 4, 10: 2, 50: 1, 100: 1}
 #: Entities the policy lists as preserved, and how many unnamed ones are held out (never in the policy).
 LISTED_PRESERVES, HELD_OUT_ENTITIES = 5, 15
 #: At most this many associated phrases are audited per task (all of them up to 10 entities).
@@ -78,3 +82,73 @@ def emblem_tasks() -> tuple:
             out += [_task(split, size, d, pool) for d in range(draws)]
     out.append(_task("test", 100, 0, pools()["dev"] + pools()["test"]))
     return tuple(out)
+
+
+#: The 100-entity policy `benchmarks/speed.py --only apply100` applies (written by :func:`write_policy`).
+POLICY_100 = "policies/brand-emblems-100.yaml"
+
+
+def policy_text(size: int = 100) -> str:
+    """A brand-safety policy erasing the ``size``-entity test task's entities by name (anchor a gray circle,
+    as policies/brand-emblems.yaml), keeping its listed preserves, with its held-out entities as probes."""
+    task = next(t for t in emblem_tasks() if t.name == f"test-e{size}")
+    lines = [
+        f"# {size} brands erased at once on builtin:emblems: the test-e{size} task of benchmarks/emblem_tasks.py",
+        "# (its erased entities by name, its listed preserves, its held-out entities as probes).",
+        f"# Written by `python benchmarks/emblem_tasks.py --write-policy`; benchmarks/speed.py --only apply100",
+        "# times its apply end to end (docs/benchmarks.md).",
+        "apiVersion: policykit/v1alpha1",
+        "kind: ErasurePolicy",
+        "metadata:",
+        f"  name: brand-emblems-{size}",
+        "  version: 1.0.0",
+        "  owner: policykit maintainers",
+        "base_model:",
+        f"  id: {WORLD}",
+        "defaults:",
+        "  anchor: a gray circle",
+        "  templates:",
+        *[f'    - "{t}"' for t in TEMPLATES],
+        "erase:",
+        *[f"  - concept: {e.concept}\n    category: brand" for e in task.erase],
+        "preserve:",
+        *[f"  - concept: {p}" for p in task.preserve],
+        "training:",
+        "  seed: 0",
+        "  lora:",
+        "    steps: 100",
+        "    batch_size: 8",
+        "audit:",
+        "  # one image per prompt and one guidance scale: the audit draws base and edited images of",
+        f"  # {3 * size} erased prompts and their held-out neighbours",
+        "  samples_per_prompt: 1",
+        "  guidance_scales: [4.0]",
+        "  probes:",
+        *[f'    - prompt: "{PROBE_TEMPLATE.format(c)}"\n      expect: preserved\n      concept: {c}'
+          for c in task.held_out_preserved if " " not in c],
+        "  thresholds:",
+        "    max_efficacy_accuracy: 0.10",
+        "    min_specificity_accuracy: 0.85",
+        "output:",
+        "  dir: artifacts",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+    parser = argparse.ArgumentParser(description="print the emblems tasks, or write the 100-entity policy")
+    parser.add_argument("--write-policy", action="store_true", help=f"write {POLICY_100}")
+    args = parser.parse_args()
+    root = Path(__file__).resolve().parents[1]
+    if args.write_policy:
+        (root / POLICY_100).write_text(policy_text(), encoding="utf-8")
+        print(f"wrote {POLICY_100}")
+    else:
+        for t in emblem_tasks():
+            print(f"{t.name:14s} {t.split:4s} erase {len(t.erase):3d}, preserve {len(t.preserve)}, "
+                  f"residue phrases {len(t.held_out_erased)}, held out {len(t.held_out_preserved)}")

@@ -174,9 +174,10 @@ def tasks() -> list[Task]:
 
 def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: float | None = None,
                 space: str = SPACE, samples_per_prompt: int = 8, steps: int | None = None,
-                learning_rate: float | None = None) -> dict:
+                learning_rate: float | None = None, overrides: tuple = ()) -> dict:
     """The policy a task compiles to for ``method`` (``beyond``: beyond radius, relative; None: 2 x radius;
-    ``steps``/``learning_rate``: noise alignment's, None: the demo's)."""
+    ``steps``/``learning_rate``: noise alignment's, None: the demo's; ``overrides``: ``(dotted policy path,
+    value)`` pairs written over the rest, e.g. ``("training.closed_form.lambda", 5.0)``)."""
     neighbors = {"radius": radius, "samples": SAMPLES, "min_cosine": MIN_COSINE, "space": space}
     if beyond is not None:
         neighbors["beyond_radius"] = beyond
@@ -184,7 +185,7 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
                for phrase, concept in task.held_out_erased]
               + [{"prompt": task.probe_template.format(concept), "concept": concept, "expect": "preserved"}
                  for concept in task.held_out_preserved])
-    return {
+    policy = {
         "apiVersion": "policykit/v1alpha1", "kind": "ErasurePolicy",
         "metadata": {"name": f"bench-{task.name}", "version": "1.0.0"},
         "base_model": {"id": task.world},
@@ -195,6 +196,13 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
         "training": {"method": method, "seed": 0, **_training(method, steps, learning_rate)},
         "audit": {"samples_per_prompt": samples_per_prompt, "probes": probes},
     }
+    for path, value in overrides:
+        *parents, last = path.split(".")
+        node = policy
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return policy
 
 
 def _training(method: str, steps: int | None, learning_rate: float | None) -> dict:
@@ -255,6 +263,8 @@ class Unit:
     learning_rate: float | None = None
     #: ``EngineOptions.shell_mass`` (None: the engine's default); only ``realera`` has a shell.
     shell_mass: float | None = None
+    #: Policy settings written over the task's (:func:`policy_dict`'s ``overrides``): a method's other settings.
+    overrides: tuple = ()
 
     def key(self) -> str:
         """Names the stored result: the unit's settings and its task's definition.
@@ -263,7 +273,8 @@ class Unit:
         change of the engine's default measures anew instead of reusing old results.
         """
         fields = {k: v for k, v in asdict(self).items()
-                  if not (k in ("steps", "learning_rate", "shell_mass") and v is None)}
+                  if not (k in ("steps", "learning_rate", "shell_mass") and v is None)
+                  and not (k == "overrides" and not v)}
         if self.method == "realera":
             fields["shell_mass"] = self.effective_shell_mass()
         body = json.dumps({"v": BUILD_VERSION, "engine": engine_version(), **fields,
@@ -289,7 +300,42 @@ class Unit:
             extra.append(f"lr {self.learning_rate:g}")
         if self.shell_mass is not None:
             extra.append(f"shell mass {self.shell_mass:g}")
+        extra += [f"{path.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, (int, float)) else
+                  f"{path.rsplit('.', 1)[-1]}={value}" for path, value in self.overrides]
         return self.method + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _n(samples, task: str) -> int:
+    """Images per prompt of ``task``: ``samples`` itself, or ``samples(task)`` when it is a function."""
+    return samples(task) if callable(samples) else samples
+
+
+def emblem_samples(task: str) -> int:
+    """Images per prompt on an emblems task, by its size (:data:`emblem_tasks.SAMPLES_BY_SIZE`): the prompts
+    grow with the entities erased, so large tasks need fewer images per prompt for the same count."""
+    from emblem_tasks import SAMPLES_BY_SIZE
+
+    return SAMPLES_BY_SIZE[len(_task(task).erase)]
+
+
+def method_unit(task: str, spec: str, samples: int) -> Unit:
+    """The unit of a method spec: a preset (``uce``), or a preset with policy settings of its own,
+    ``preset[dotted.path=value;...]`` (``uce[training.closed_form.lambda=5]``; values read as JSON)."""
+    method, _, rest = spec.partition("[")
+    overrides = []
+    if rest:
+        if not rest.endswith("]"):
+            raise SystemExit(f"method {spec!r}: settings go in one [...] at the end")
+        for item in filter(None, rest[:-1].split(";")):
+            path, eq, value = item.partition("=")
+            if not eq:
+                raise SystemExit(f"method {spec!r}: {item!r} is not path=value")
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+            overrides.append((path.strip(), value))
+    return Unit(task, method, samples_per_prompt=samples, overrides=tuple(overrides))
 
 
 def _task(name: str) -> Task:
@@ -374,7 +420,7 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
         plan = compile_task(task, unit.method, radius=unit.radius,
                             beyond=None if unit.beyond is None else unit.beyond * unit.radius,
                             space=unit.space, samples_per_prompt=unit.samples_per_prompt, steps=unit.steps,
-                            learning_rate=unit.learning_rate)
+                            learning_rate=unit.learning_rate, overrides=unit.overrides)
         from policykit.realera.engine import EngineOptions
 
         options = EngineOptions() if unit.shell_mass is None else EngineOptions(shell_mass=unit.shell_mass)
@@ -393,7 +439,12 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
 
         images = draw_prompt_set(eval_plan, pipe, prompt_set)
     outcomes = [pair.after for pair in classify_outcomes(prompt_set.prompts, before, images, classifier)]
+    import resource
+
+    # the unit's process is its own (run_units), so this is the peak of the model, edit and audit together
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     record.update({"metrics": _shares(outcomes), "edit_seconds": round(seconds, 2), "stages": stages,
+                   "peak_rss_mb": round(peak),
                    "threads": threads,
                    "per_prompt": [{"prompt": o.prompt, "role": o.role, "hits": o.hits, "images": o.images}
                                   for o in outcomes]})
@@ -489,16 +540,17 @@ def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict],
               with_h_c: bool = False) -> list[list[str]]:
     rows = []
     for task in task_list:
-        units = [(m, Unit(task.name, m, samples_per_prompt=samples)) for m in ["base", *methods]]
+        units = [(m, method_unit(task.name, m, _n(samples, task.name))) for m in ["base", *methods]]
         for method, unit in units:
             record = done.get(unit)
             if record is None:
                 continue
             m = record["metrics"]
             extra = [_pct(h_c(m["acc_e"], m["acc_s"]))] if with_h_c else []
+            peak = [str(record.get("peak_rss_mb", "n/a"))] if with_h_c else []
             rows.append([task.name, method, _pct(m["acc_e"]), _pct(m["acc_g"]), _pct(m["acc_g_held_out"]),
                          _pct(m["acc_g_neighbors"]), _pct(m["acc_s"]), _pct(m["acc_s_held_out"]), _pct(m["h_o"]),
-                         *extra, "-" if method == "base" else _seconds(record["edit_seconds"])])
+                         *extra, "-" if method == "base" else _seconds(record["edit_seconds"]), *peak])
     return rows
 
 
@@ -509,7 +561,7 @@ def summary_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dic
     """Per method: the tasks it was measured on, its mean H_o over them, its mean H_o over the common tasks
     (those every method measured on the most tasks has: the fair comparison), and where it is best."""
     def record(task: str, method: str):
-        return done.get(Unit(task, method, samples_per_prompt=samples))
+        return done.get(method_unit(task, method, _n(samples, task)))
 
     # the methods measured on the most tasks define the fair comparison (ESD's 1000 iterations may be run
     # on a few tasks only: their own mean is shown, but they do not shrink everyone's common set)
@@ -611,7 +663,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"also run realera with the old shell weight ({OLD_SHELL_MASS:g}) on every task")
     parser.add_argument("--skip-main", action="store_true",
                         help="measure only the extra units (space check, budget check, sweep); report all stored")
-    parser.add_argument("--samples", type=int, default=8, help="images per audit prompt (default: 8)")
+    parser.add_argument("--samples", type=int,
+                        help="images per audit prompt (default: 8; emblems: by task size, 4 at 1 entity, 2 at 10, "
+                             "1 at 50 and 100)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
     parser.add_argument("--results", type=Path,
@@ -630,22 +684,25 @@ def main(argv: list[str] | None = None) -> int:
 
         args.no_sweep = True
     args.results = args.results or (EMBLEM_RESULTS if emblems else RESULTS)
+    if args.samples is None:
+        args.samples = emblem_samples if emblems else 8
     suite = list(emblem_tasks()) if emblems else tasks()
     task_list = [_task(n) for n in args.tasks.split(",")] if args.tasks else suite
     methods = args.methods.split(",") if args.methods else list(EMBLEM_METHODS if emblems else METHODS)
-    units = [Unit(t.name, m, samples_per_prompt=args.samples) for t in task_list for m in ["base", *methods]]
+    units = [method_unit(t.name, m, _n(args.samples, t.name)) for t in task_list for m in ["base", *methods]]
     if args.old_shell and "realera" in methods:
-        units += [Unit(t.name, "realera", samples_per_prompt=args.samples, shell_mass=OLD_SHELL_MASS)
+        units += [Unit(t.name, "realera", samples_per_prompt=_n(args.samples, t.name), shell_mass=OLD_SHELL_MASS)
                   for t in task_list]
     if args.space_check:
-        units += [Unit(t.name, "realera", space="token", samples_per_prompt=args.samples) for t in task_list]
+        units += [Unit(t.name, "realera", space="token", samples_per_prompt=_n(args.samples, t.name))
+                  for t in task_list]
     main_units = list(units)
     budget = []
     if args.budget_check:
-        budget = [Unit(t, m, samples_per_prompt=args.samples, **BUDGET) for t in BUDGET_TASKS for m in BUDGET_METHODS
+        budget = [Unit(t, m, samples_per_prompt=_n(args.samples, t), **BUDGET) for t in BUDGET_TASKS for m in BUDGET_METHODS
                   if t in {task.name for task in task_list}]
         units += budget
-    sweep = [] if args.no_sweep else sweep_units(args.sweep_task, args.samples)
+    sweep = [] if args.no_sweep else sweep_units(args.sweep_task, _n(args.samples, args.sweep_task))
     units += [u for u in sweep if u not in units]
     started = time.perf_counter()
 
@@ -664,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - started) / 60
 
     rows = main_rows(task_list, methods, done, args.samples, with_h_c=emblems)
-    headers = MAIN_HEADERS[:-1] + ["H_c", MAIN_HEADERS[-1]] if emblems else MAIN_HEADERS
+    headers = MAIN_HEADERS[:-1] + ["H_c", MAIN_HEADERS[-1], "peak MB"] if emblems else MAIN_HEADERS
     summary = summary_rows(task_list, methods, done, args.samples)
     print(text_table(headers, rows))
     print()
@@ -672,8 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     space_rows = []
     if args.space_check:
         for t in task_list:
-            text = done.get(Unit(t.name, "realera", samples_per_prompt=args.samples))
-            token = done.get(Unit(t.name, "realera", space="token", samples_per_prompt=args.samples))
+            text = done.get(Unit(t.name, "realera", samples_per_prompt=_n(args.samples, t.name)))
+            token = done.get(Unit(t.name, "realera", space="token", samples_per_prompt=_n(args.samples, t.name)))
             if text and token:
                 space_rows.append([t.name] + [f"{_pct(r['metrics']['acc_e'])} / {_pct(r['metrics']['acc_g'])} / "
                                               f"{_pct(r['metrics']['acc_s'])} / {_pct(r['metrics']['h_o'])}"
@@ -682,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text_table(["task", "token space: Acc_e / Acc_g / Acc_s / H_o", "text space"], space_rows))
     budget_rows = []
     for unit in budget:
-        small = done.get(Unit(unit.task, unit.method, samples_per_prompt=args.samples))
+        small = done.get(Unit(unit.task, unit.method, samples_per_prompt=_n(args.samples, unit.task)))
         large = done.get(unit)
         if small and large:
             budget_rows.append([unit.task, unit.method] + [
@@ -697,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     if sweep:
         print()
         print(text_table(SWEEP_HEADERS, sweep_rows(sweep, done)))
-        candidates = [Unit(args.sweep_task, m, samples_per_prompt=args.samples) for m in ["base", *methods]
+        candidates = [Unit(args.sweep_task, m, samples_per_prompt=_n(args.samples, args.sweep_task)) for m in ["base", *methods]
                       if m != "realera"]
         candidates += [u for u in budget if u.task == args.sweep_task and u.method == "esd"]
         references = {u.label(): done[u]["metrics"] for u in candidates if u in done}
@@ -718,7 +775,9 @@ def main(argv: list[str] | None = None) -> int:
         window = f" Results measured between {fmt(times[0])} and {fmt(times[-1])} UTC."
     parts = [
         header(shown) + window + f" Engine version {engine_version()}, code at commit(s) {', '.join(commits)}.",
-        f"{len(task_list)} tasks x {len(methods) + 1} models, {args.samples} images per prompt, the pixel-truth "
+        f"{len(task_list)} tasks x {len(methods) + 1} models, "
+        f"{'4, 2 and 1 images per prompt at 1, 10 and 50-100 entities' if callable(args.samples) else args.samples}"
+        f"{'' if callable(args.samples) else ' images per prompt'}, the pixel-truth "
         f"classifier; each result measured in a process of its own with "
         f"{', '.join(str(t) for t in threads)} torch thread(s); `edit s` is the wall time of the edit alone "
         "(no stage cache), the audit images excluded. Shares of images: Acc_e erased prompts still showing the "
@@ -744,7 +803,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{RADIUS:g}, the same for every point):", markdown_table(SWEEP_HEADERS, sweep_rows(sweep, done))]
         if plot is not None:
             parts.append(f"![generality against specificity](images/{plot.name})")
-    path = write_section("emblems" if emblems else "quality", "\n\n".join(parts))
+    splits = {t.split for t in task_list}
+    # the emblems dev and test tables are sections of their own, each written by its own run
+    name = ("emblems-" + splits.pop() if len(splits) == 1 else "emblems") if emblems else "quality"
+    path = write_section(name, "\n\n".join(parts))
     print(f"quality: wrote {path.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

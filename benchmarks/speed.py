@@ -56,7 +56,11 @@ if TYPE_CHECKING:
     import torch
 
 DEMO = ROOT / "policies" / "demo.yaml"
-PARTS = ("apply", "cfr", "lora", "processes")
+PARTS = ("apply", "cfr", "lora", "processes", "apply100")
+#: Parts run when none is named (``apply100`` takes about a quarter of an hour: only when asked for).
+DEFAULT_PARTS = ("apply", "cfr", "lora", "processes")
+#: The 100-entity policy of ``apply100`` (benchmarks/emblem_tasks.py writes it).
+POLICY_100 = ROOT / "policies" / "brand-emblems-100.yaml"
 #: Steps of the LoRA run left out of its median (first-call allocations, autograd warm-up).
 LORA_WARMUP = 5
 RESULT_PREFIX = "SPEED-RESULT "
@@ -359,7 +363,8 @@ def _preimport() -> float:
 
 
 def worker_apply(job: dict) -> dict:
-    """Time every stage of ``apply policies/demo.yaml`` from the progress events and the stage records."""
+    """Time every stage of ``apply`` of ``job["policy"]`` (default policies/demo.yaml) from the progress
+    events and the stage records."""
     from policykit.apply import apply_policy
     from policykit.artifact.signing import generate_key_pair
 
@@ -375,7 +380,7 @@ def worker_apply(job: dict) -> dict:
         key = generate_key_pair(Path(tmp) / "key").private_key
         started = time.perf_counter()
         with PeakRSS() as memory:
-            outcome = apply_policy(DEMO, output_dir=Path(tmp) / "artifacts", sign_key=key, cache_dir=None, emit=emit)
+            outcome = apply_policy(Path(job.get("policy", DEMO)), output_dir=Path(tmp) / "artifacts", sign_key=key, cache_dir=None, emit=emit)
         total = time.perf_counter() - started
         manifest = outcome.manifest
 
@@ -413,6 +418,8 @@ def _stage_note(name: str, manifest: dict) -> str:
     settings = next(s["settings"] for s in manifest["stages"] if s["name"] == name)
     if name == "noise_alignment":
         return f"training latents + {settings['steps']} LoRA steps (batch {settings['batch_size']})"
+    if name == "closed_form_refinement" and settings.get("vocabulary_prompts"):
+        return f"one solve; {settings['vocabulary_prompts']} vocabulary phrases preserved"
     return ""
 
 
@@ -521,10 +528,10 @@ def _mib(mib: float) -> str:
     return f"{mib:,.0f}"
 
 
-def part_apply(threads: int) -> tuple[list[str], list[list[str]], list[str]]:
-    """Stage table of apply on the demo: (headers, rows, notes)."""
-    log("apply policies/demo.yaml (about a minute or two)")
-    r = run_worker({"kind": "apply"}, threads)
+def part_apply(threads: int, policy: Path = DEMO) -> tuple[list[str], list[list[str]], list[str]]:
+    """Stage table of apply on ``policy`` (the demo): (headers, rows, notes)."""
+    log(f"apply {policy.relative_to(ROOT)} ({'about a minute or two' if policy == DEMO else 'a while'})")
+    r = run_worker({"kind": "apply", "policy": str(policy)}, threads)
     rows = [[name, _s(sec), f"{100 * sec / r['total']:.0f}%", note] for name, sec, note in r["rows"]]
     rows.append(["**total** (apply_policy)", f"**{_s(r['total'])}**", "100%", f"audit {r['audit_status']}"])
     notes = [f"Imports (torch, diffusers, transformers, peft), once per process and not in the total: "
@@ -652,7 +659,8 @@ def part_lora(threads: int) -> tuple[list[str], list[list[str]], list[str]]:
 TITLES = {"apply": "Stages of `apply policies/demo.yaml`",
           "cfr": "Closed-form refinement at scale: one shared solve vs one solve per layer",
           "lora": "Noise-alignment (LoRA) step at the demo's settings",
-          "processes": "Several processes: `apply policies/demo.yaml` by 1 and by 2 CPU processes"}
+          "processes": "Several processes: `apply policies/demo.yaml` by 1 and by 2 CPU processes",
+          "apply100": "Stages of `apply policies/brand-emblems-100.yaml`: 100 entities of builtin:emblems at once"}
 #: Columns of words, aligned left.
 TEXT_COLUMNS = {"what", "notes"}
 
@@ -705,13 +713,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from report import DOC, header, text_table, write_section
 
-    parts = args.only or list(PARTS)
+    parts = args.only or list(DEFAULT_PARTS)
     concepts = [int(c) for c in args.concepts.split(",") if c.strip()]
     blocks = {}
     for part in parts:
         command = header(argv)  # per part: the load average moves while the parts run
         if part == "apply":
             table = part_apply(args.threads)
+        elif part == "apply100":
+            table = part_apply(args.threads, POLICY_100)
         elif part == "cfr":
             table = part_cfr(args.threads, concepts, args.per_layer_budget)
         elif part == "lora":

@@ -252,8 +252,9 @@ def plan_stages(policy) -> tuple[Stage, ...]:
         MINE_NEIGHBORS: lambda: MiningSettings(seed=training.seed),
         BEYOND_CONCEPT_REGULARIZATION: lambda: ShellSettings(seed=training.seed),
         CLOSED_FORM_REFINEMENT: lambda: ClosedFormSettings.model_validate({
-            **section(closed_form, ("lambda_", "targets"), CLOSED_FORM_REFINEMENT),
-            "use_mined_neighbors": mined, "use_beyond_concept": beyond}),
+            **section(closed_form, ("lambda_", "targets", "vocabulary_prompts", "vocabulary_weight"),
+                      CLOSED_FORM_REFINEMENT),
+            "use_mined_neighbors": mined, "use_beyond_concept": beyond, "seed": training.seed}),
         NOISE_ALIGNMENT: lambda: NoiseAlignmentSettings.model_validate({
             **section(lora, ("rank", "steps", "learning_rate", "batch_size", "resolution", "preserve_weight",
                              "attention_weight"), NOISE_ALIGNMENT),

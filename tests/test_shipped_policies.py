@@ -35,3 +35,16 @@ def test_an_example_uses_extends_and_inherits_from_both_bases():
     assert {"nudity", "Mickey Mouse", "graphic violence"} <= erased
     assert plan.inputs.policy_name == "kids-safe"
     assert len(plan.inputs.sources) == 3
+
+
+def test_the_100_entity_policy_is_what_its_script_writes():
+    """policies/brand-emblems-100.yaml is the test-e100 task as benchmarks/emblem_tasks.py writes it."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from emblem_tasks import POLICY_100, policy_text
+
+    assert (REPO / POLICY_100).read_text(encoding="utf-8") == policy_text(), \
+        "stale: run python benchmarks/emblem_tasks.py --write-policy"
+    plan = compile_plan(load_policy(REPO / POLICY_100))
+    assert len(plan.erase) == 100

@@ -185,6 +185,8 @@ class ClosedForm(_Strict):
     enabled: Annotated[bool, Field(default=True, description="Run the stage.")] = True
     lambda_: Annotated[float, Field(default=0.1, gt=0, le=1e6, alias="lambda", description="Ridge weight keeping edited projections near the originals.")] = 0.1
     targets: Annotated[list[Literal["to_k", "to_v"]], Field(default_factory=lambda: ["to_k", "to_v"], min_length=1, max_length=2, description="Cross-attention projections to edit.")]
+    vocabulary_prompts: Annotated[int, Field(default=256, ge=0, le=8192, description="Phrases drawn at random from the model's own token vocabulary (seeded) and preserved at every template, so concepts the policy does not list keep their place (0: off). The peer presets (`uce`, `mace`) default to 0, as their authors run them.")] = 256
+    vocabulary_weight: Annotated[float, Field(default=2.0, gt=0, le=1000.0, description="Closed-form preserve weight of the vocabulary phrases' rows together, relative to the erase rows' total weight (so it keeps pace as a policy erases more concepts).")] = 2.0
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

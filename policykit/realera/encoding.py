@@ -265,8 +265,80 @@ def encode_erased(plan, pipeline, leak_padding: int | None) -> ErasePairs:
     return collector.pairs()
 
 
-def encode_preserved(plan, pipeline, leak_padding: int | None, regularizer_weight: float) -> PreserveRows:
-    """Explicit preserves (their weight), the anchors and the empty prompt (``regularizer_weight``).
+def vocabulary_phrases(tokenizer, count: int, seed: int, exclude: Sequence[str] = (),
+                       max_tokens: int = 3) -> list[str]:
+    """``count`` phrases of 1 to ``max_tokens`` tokens drawn uniformly from the tokenizer's own vocabulary.
+
+    The model's general vocabulary, which a policy cannot list: decoded token sequences, so pieces
+    join into the words they make ("zor" + "vik" is "zorvik"). Special tokens are never drawn;
+    ``exclude`` (the plan's erased phrases) and repeats are skipped. Deterministic for a seed.
+    """
+    import numpy as np
+
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids = np.array([i for i in range(len(tokenizer)) if i not in special])
+    rng = np.random.default_rng([seed, 0x766F6361])  # "voca"
+    skip = {" ".join(p.lower().split()) for p in exclude}
+    out: list[str] = []
+    seen: set[str] = set()
+    for _ in range(count * 20):
+        if len(out) == count:
+            break
+        n = int(rng.integers(1, max_tokens + 1))
+        phrase = " ".join(tokenizer.decode(rng.choice(ids, n).tolist()).split())
+        key = phrase.lower()
+        if not phrase or "{" in phrase or "}" in phrase or key in seen or key in skip:
+            continue
+        seen.add(key)
+        out.append(phrase)
+    return out
+
+
+#: Vocabulary phrases whose full conditionings noise alignment's preserve term also sees (it samples
+#: preserves uniformly: all of them would outnumber the policy's own preserves).
+VOCABULARY_SEQUENCES = 64
+
+
+def vocabulary_row_weight(weight: float, erase_mass: float, rows: int) -> float:
+    """Weight of one vocabulary row: the vocabulary weighs ``weight`` times the erase rows' total weight
+    ``erase_mass``, so it keeps pace as a policy erases more concepts."""
+    return weight * erase_mass / max(rows, 1)
+
+
+def encode_vocabulary(text: "TextModel", templates: Sequence[str], phrases: Sequence[str],
+                      leak_padding: int | None, batch_size: int = 64) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Preserve rows of ``phrases`` at every template (their span and leak positions), encoded in
+    batches, and the full conditionings of the first :data:`VOCABULARY_SEQUENCES` phrases at the first
+    template. A phrase that does not fit a template is left out there."""
+    import torch
+
+    from policykit.realera.prompts import PromptError, locate_concept
+
+    located = []
+    for index, template in enumerate(templates):
+        for phrase in phrases:
+            try:
+                located.append((index, locate_concept(text.tokenizer, template, phrase, leak_padding)))
+            except PromptError:
+                continue
+    rows, first = [], []
+    for start in range(0, len(located), batch_size):
+        chunk = located[start:start + batch_size]
+        encoded = text.encode_prompts([c.prompt for _, c in chunk], batch_size).float()
+        for (index, c), e in zip(chunk, encoded):
+            rows.append(e[list(c.positions)])
+            if index == 0 and len(first) < VOCABULARY_SEQUENCES:
+                first.append(e)
+    seq_shape = (text.sequence_length, text.width)
+    return stack(rows, (text.width,)), torch.stack(first) if first else torch.zeros(0, *seq_shape)
+
+
+def encode_preserved(plan, pipeline, leak_padding: int | None, regularizer_weight: float,
+                     vocabulary: int = 0, vocabulary_weight: float = 2.0, seed: int = 0,
+                     erase_mass: float = 0.0) -> PreserveRows:
+    """Explicit preserves (their weight), the anchors and the empty prompt (``regularizer_weight``), and
+    ``vocabulary`` phrases of the model's own vocabulary (:func:`vocabulary_phrases`) whose rows weigh
+    ``vocabulary_weight`` times ``erase_mass`` (the erase rows' total weight) together.
 
     ``null`` is the unconditional branch of guidance (:meth:`~policykit.models.text.TextModel.unconditional`:
     the encoded empty prompt, or zeros for SDXL).
@@ -280,6 +352,13 @@ def encode_preserved(plan, pipeline, leak_padding: int | None, regularizer_weigh
     phrases = [(p.concept, p.weight) for p in plan.preserve]
     phrases += [(a, regularizer_weight) for a in dict.fromkeys(e.anchor for e in plan.erase) if a.strip()]
     rows, beta, seqs = [], [], []
+    if vocabulary:
+        erased = [p.phrase for p in erased_phrases(plan)]
+        words = vocabulary_phrases(text.tokenizer, vocabulary, seed, erased)
+        r, s = encode_vocabulary(text, templates, words, leak_padding)
+        rows.append(r)
+        beta += [vocabulary_row_weight(vocabulary_weight, erase_mass, r.shape[0])] * r.shape[0]
+        seqs.append(s)
     for phrase, weight in phrases:
         samples = encode_concept(text, templates, phrase, phrase, leak_padding=leak_padding)
         r = samples.embedding_rows()

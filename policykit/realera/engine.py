@@ -50,7 +50,8 @@ ENGINE_STAGES = (MINE_NEIGHBORS, BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFI
                  MACE_LORA, ESD_FINETUNE)
 #: Bump when a stage's output changes for the same inputs (it is part of every cache key).
 #: 4: the uce, mace and esd presets are their papers' methods (rows, defaults, ESD's own training).
-ENGINE_VERSION = 4
+#: 5: the closed form preserves phrases of the model's own vocabulary (``vocabulary_prompts``).
+ENGINE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,9 @@ class EngineOptions:
     #: is a preserve weight on the concept, against its erase weight 1 + ``neighbor_mass``. At 1.0 the
     #: edit went two thirds of the way to the anchor and left a circle mapped to a square in 69% of
     #: images; 0.5 took RealEra's mean H_o over benchmarks/quality.py's seven tasks from 75.6% to 81.5%
-    #: (docs/benchmarks.md).
-    shell_mass: float = 0.5
+    #: (docs/benchmarks.md). Engine version 5 chose 0.25 on builtin:emblems' dev tasks, where with the
+    #: vocabulary preserved the shell at 0.5 left erased names in 13% of images (docs/benchmarks.md, emblems).
+    shell_mass: float = 0.25
     #: Training latents: images per concept prompt, sampling steps and guidance of the base model.
     latents_per_prompt: int = 2
     latent_steps: int = 25
@@ -118,12 +120,17 @@ def _shell(run: _Run, settings, outputs: dict) -> StageOutput:
 
 
 def _phrases(run: _Run):
-    """The plan's erased phrases and preserves under policykit's rules (closed form and noise alignment)."""
+    """The plan's erased phrases and preserves under policykit's rules (closed form and noise alignment),
+    with the closed form's vocabulary phrases (none when the plan has no closed form)."""
     from policykit.realera.encoding import encode_erased, encode_preserved
 
     o = run.options
-    return (encode_erased(run.plan, run.pipeline, o.leak_padding),
-            encode_preserved(run.plan, run.pipeline, o.leak_padding, o.regularizer_weight))
+    cfr = run.plan.stage(CLOSED_FORM_REFINEMENT)
+    words, weight = (0, 0.0) if cfr is None else (cfr.settings.vocabulary_prompts, cfr.settings.vocabulary_weight)
+    erase = encode_erased(run.plan, run.pipeline, o.leak_padding)
+    scale = 1.0 if cfr is None else cfr.settings.erase_scale
+    return erase, encode_preserved(run.plan, run.pipeline, o.leak_padding, o.regularizer_weight, words, weight,
+                                   run.plan.seed, erase_mass=float(erase.alpha.sum()) * scale)
 
 
 def _earlier(outputs: dict):
@@ -142,6 +149,9 @@ def _closed_form(run: _Run, settings, outputs: dict) -> StageOutput:
         erase, preserve = _phrases(run)
     else:
         erase, preserve = peer_rows.build(settings.rows, run.plan, run.pipeline, settings)
+        if settings.vocabulary_prompts:  # not the peers' method: only where a policy asks for it
+            preserve = peer_rows.with_vocabulary(preserve, run.plan, run.pipeline, settings,
+                                                 erase_mass=float(erase.alpha.sum()) * settings.erase_scale)
     mined, shell = _earlier(outputs)
     return closed_form.run(run.plan, run.pipeline, settings, erase=erase, preserve=preserve, mined=mined,
                            shell=shell).to_stage_output()

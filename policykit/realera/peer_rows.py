@@ -205,6 +205,24 @@ def mace_rows(plan, pipeline, settings) -> tuple["ErasePairs", "PreserveRows"]:
     return erase, preserve
 
 
+def with_vocabulary(preserve: "PreserveRows", plan, pipeline, settings, erase_mass: float) -> "PreserveRows":
+    """``preserve`` plus the settings' vocabulary phrases (:func:`.encoding.vocabulary_phrases`), bare,
+    every position (the peer rules' way of preserving a phrase), weighing ``vocabulary_weight`` times
+    ``erase_mass`` together (:func:`.encoding.vocabulary_row_weight`)."""
+    import torch
+
+    from policykit.models.text import text_model
+    from policykit.realera.encoding import PreserveRows, erased_phrases, vocabulary_phrases, vocabulary_row_weight
+
+    words = vocabulary_phrases(text_model(pipeline).tokenizer, settings.vocabulary_prompts, settings.seed,
+                               [p.phrase for p in erased_phrases(plan)])
+    length = text_model(pipeline).length
+    extra = preserve_rows_bare(pipeline, words, vocabulary_row_weight(settings.vocabulary_weight, erase_mass,
+                                                                      len(words) * length))
+    return PreserveRows(rows=torch.cat([preserve.rows, extra.rows]), beta=torch.cat([preserve.beta, extra.beta]),
+                        sequences=preserve.sequences, null=preserve.null, info=preserve.info)
+
+
 def build(rule: str, plan, pipeline, settings) -> tuple["ErasePairs", "PreserveRows"]:
     """``(erase pairs, preserve rows)`` under the ``uce`` or ``mace`` rule."""
     builders = {"uce": uce_rows, "mace": mace_rows}

@@ -40,7 +40,7 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
 #: UCE (Gandikota et al., WACV 2024), the paper's ``edit_model`` (rohitgandikota/unified-concept-editing
 #: train-scripts/train_erase.py): lambda 0.5 as its script calls it, erase scale 1, and the preserve
 #: scale ``max(0.1, 1 / (1 + preserves))`` (``preserve_scale: None`` here), the script's default.
-UCE_DEFAULTS = {"rows": "uce", "lambda": 0.5, "erase_scale": 1.0, "preserve_scale": None}
+UCE_DEFAULTS = {"rows": "uce", "lambda": 0.5, "erase_scale": 1.0, "preserve_scale": None, "vocabulary_prompts": 0}
 
 #: MACE (Lu et al., CVPR 2024), Shilin-LU/MACE, one config per kind of concept (configs/*.yaml):
 #: lambda, train_preserve_scale (tps), preserve_weight (pw) of the domain cache by number of concepts,
@@ -74,7 +74,8 @@ def preset_defaults(method: str, stage: str, categories: Sequence[str] = ()) -> 
         n = len(categories)
         pw = weights[0] if n <= 1 else weights[1] if n <= 10 else weights[2]
         if stage == CLOSED_FORM_REFINEMENT:
-            return {"rows": "mace", "lambda": lam, "erase_scale": 1.0, "preserve_scale": tps * tps * pw}
+            return {"rows": "mace", "lambda": lam, "erase_scale": 1.0, "preserve_scale": tps * tps * pw,
+                    "vocabulary_prompts": 0}
         if stage == MACE_LORA:
             return {"rank": 1, "learning_rate": lr, "steps": steps, "batch_size": 1,
                     "timesteps": "mace" if importance else "uniform", "lambda": lam, "fuse_preserve_scale": tps * pw}

@@ -68,6 +68,11 @@ class ClosedFormSettings(_Settings):
     preserve_scale: float | None = Field(None, ge=0)
     use_mined_neighbors: bool = False
     use_beyond_concept: bool = False
+    #: Phrases of the model's own vocabulary preserved with every plan (:func:`.encoding.vocabulary_phrases`),
+    #: their rows weighing ``vocabulary_weight`` times the erase rows together; 0 under the peer presets.
+    vocabulary_prompts: int = Field(0, ge=0)
+    vocabulary_weight: float = Field(2.0, gt=0)
+    seed: int = 0
 
 
 class NoiseAlignmentSettings(_Settings):

@@ -36,8 +36,8 @@ def _plan(method="realera", erase=None, steps=3, **training):
 
 
 def _closed_form_plan(erase=None):
-    """policykit's closed form alone: ``realera-cf`` with mining and the shell drawing nothing."""
-    plan = _plan("realera-cf", erase=erase)
+    """policykit's closed form alone: ``realera-cf`` with mining, the shell and the vocabulary drawing nothing."""
+    plan = _plan("realera-cf", erase=erase, closed_form={"vocabulary_prompts": 0})
     return plan.model_copy(update={"erase": tuple(e.model_copy(update={"neighbors": e.neighbors.model_copy(
         update={"samples": 0, "beyond_samples": 0})}) for e in plan.erase)})
 
