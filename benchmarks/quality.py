@@ -320,7 +320,8 @@ def emblem_samples(task: str) -> int:
 
 def method_unit(task: str, spec: str, samples: int) -> Unit:
     """The unit of a method spec: a preset (``uce``), or a preset with policy settings of its own,
-    ``preset[dotted.path=value;...]`` (``uce[training.closed_form.lambda=5]``; values read as JSON)."""
+    ``preset[dotted.path=value;...]`` (``uce[training.closed_form.lambda=5]``; values read as JSON;
+    ``shell_mass=`` sets the engine's shell weight)."""
     method, _, rest = spec.partition("[")
     overrides = []
     if rest:
@@ -335,7 +336,10 @@ def method_unit(task: str, spec: str, samples: int) -> Unit:
             except json.JSONDecodeError:
                 pass
             overrides.append((path.strip(), value))
-    return Unit(task, method, samples_per_prompt=samples, overrides=tuple(overrides))
+    # the engine's shell weight is no policy setting: ``realera[shell_mass=0.5]`` sets the unit's
+    shell = dict(overrides).pop("shell_mass", None)
+    overrides = [(k, v) for k, v in overrides if k != "shell_mass"]
+    return Unit(task, method, samples_per_prompt=samples, shell_mass=shell, overrides=tuple(overrides))
 
 
 def _task(name: str) -> Task:
