@@ -811,6 +811,14 @@ def main(argv: list[str] | None = None) -> int:
     # the emblems dev and test tables are sections of their own, each written by its own run
     name = ("emblems-" + splits.pop() if len(splits) == 1 else "emblems") if emblems else "quality"
     path = write_section(name, "\n\n".join(parts))
+    hundred = [r for r in rows if r[0] == "test-e100"]
+    if emblems and hundred:  # README's "How well it works" quotes the 100-entity row of every method
+        write_section("emblems-e100", "\n\n".join([
+            f"100 entities of builtin:emblems erased by name at once (test task `test-e100`; engine version "
+            f"{engine_version()}, code at {', '.join(commits)}; written by `python benchmarks/quality.py --suite "
+            "emblems`; [docs/benchmarks.md](docs/benchmarks.md#erasing-many-concepts-builtinemblems) has "
+            "every task):",
+            markdown_table(headers, hundred, align="ll" + "r" * (len(headers) - 2))]), doc=ROOT / "README.md")
     print(f"quality: wrote {path.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

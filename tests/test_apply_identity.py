@@ -73,8 +73,9 @@ def test_an_engine_change_is_seen_by_plan_and_apply(published, monkeypatch, caps
     assert "engine version" in " ".join(capsys.readouterr().out.split())
     with pytest.raises(ApplyError, match=f"engine version {engine.ENGINE_VERSION - 1} -> {engine.ENGINE_VERSION}"):
         apply_policy(policy)
-    monkeypatch.setattr(engine, "EngineOptions", _with_default(engine.EngineOptions, shell_mass=0.25))
-    with pytest.raises(ApplyError, match="engine options changed: shell_mass 0.5 -> 0.25"):
+    default = engine.EngineOptions().shell_mass
+    monkeypatch.setattr(engine, "EngineOptions", _with_default(engine.EngineOptions, shell_mass=default + 0.5))
+    with pytest.raises(ApplyError, match=f"engine options changed: shell_mass {default:g} -> {default + 0.5:g}"):
         apply_policy(policy)
     assert first.manifest["engine"]["engine_version"] == engine.ENGINE_VERSION - 1  # what built it is recorded
 
