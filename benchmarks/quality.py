@@ -217,6 +217,21 @@ def _training(method: str, steps: int | None, learning_rate: float | None) -> di
     return {"lora": budget} if budget else {}
 
 
+def _engine_code_note(commits: list[str]) -> str:
+    """For several commits: whether their ``policykit/`` trees are identical (``git diff``), so a table that
+    lists them still shows one version of the code that edits and audits."""
+    import subprocess
+
+    if len(commits) < 2:
+        return ""
+    if any(c.endswith("+dirty") or c == "unknown" for c in commits):
+        return " (some measured with uncommitted changes under policykit/)"
+    same = all(subprocess.run(["git", "diff", "--quiet", commits[0], c, "--", "policykit"], cwd=ROOT).returncode == 0
+               for c in commits[1:])
+    return (", whose policykit/ trees are identical (they differ in benchmark scripts, tests and docs only)" if same
+            else ", WHOSE policykit/ TREES DIFFER")
+
+
 def engine_version() -> int:
     from policykit.realera.engine import ENGINE_VERSION
 
@@ -552,7 +567,7 @@ def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict],
             m = record["metrics"]
             extra = [_pct(h_c(m["acc_e"], m["acc_s"]))] if with_h_c else []
             peak = [str(record.get("peak_rss_mb", "n/a"))] if with_h_c else []
-            rows.append([task.name, method, _pct(m["acc_e"]), _pct(m["acc_g"]), _pct(m["acc_g_held_out"]),
+            rows.append([task.name, unit.label(), _pct(m["acc_e"]), _pct(m["acc_g"]), _pct(m["acc_g_held_out"]),
                          _pct(m["acc_g_neighbors"]), _pct(m["acc_s"]), _pct(m["acc_s_held_out"]), _pct(m["h_o"]),
                          *extra, "-" if method == "base" else _seconds(record["edit_seconds"]), *peak])
     return rows
@@ -581,7 +596,8 @@ def summary_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dic
         best = [t for t in own if method != "base" and record(t, method)["metrics"]["h_o"]
                 >= max(record(t, m)["metrics"]["h_o"] for m in methods if record(t, m)) - 1e-9]
         seconds = [record(t, method)["edit_seconds"] for t in own]
-        rows.append([method, str(len(own)), _pct(sum(values) / len(values)) if values else "n/a",
+        rows.append([method_unit("", method, 1).label(), str(len(own)),
+                     _pct(sum(values) / len(values)) if values else "n/a",
                      _pct(sum(shared) / len(shared)) if shared else "n/a", ", ".join(best) or "-",
                      "-" if method == "base" else _seconds(sum(seconds) / max(len(seconds), 1))])
     return rows
@@ -778,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         fmt = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")  # noqa: E731
         window = f" Results measured between {fmt(times[0])} and {fmt(times[-1])} UTC."
     parts = [
-        header(shown) + window + f" Engine version {engine_version()}, code at commit(s) {', '.join(commits)}.",
+        header(shown) + window + f" Engine version {engine_version()}, code at commit(s) {', '.join(commits)}"
+        + _engine_code_note(commits) + ".",
         f"{len(task_list)} tasks x {len(methods) + 1} models, "
         f"{'4, 2 and 1 images per prompt at 1, 10 and 50-100 entities' if callable(args.samples) else args.samples}"
         f"{'' if callable(args.samples) else ' images per prompt'}, the pixel-truth "
