@@ -122,13 +122,13 @@ def policy_text(size: int = 100) -> str:
         "  # one image per prompt and one guidance scale: the audit draws base and edited images of",
         f"  # {3 * size} erased prompts and their held-out neighbours",
         "  samples_per_prompt: 1",
-        "  guidance_scales: [4.0]",
         "  probes:",
         *[f'    - prompt: "{PROBE_TEMPLATE.format(c)}"\n      expect: preserved\n      concept: {c}'
           for c in task.held_out_preserved if " " not in c],
         "  thresholds:",
         "    max_efficacy_accuracy: 0.10",
         "    min_specificity_accuracy: 0.85",
+        "  guidance_scales: [4.0]",
         "output:",
         "  dir: artifacts",
     ]
