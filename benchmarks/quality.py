@@ -832,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     if emblems and hundred:  # README's "How well it works" quotes the 100-entity row of every method
         write_section("emblems-e100", "\n\n".join([
             f"100 entities of builtin:emblems erased by name at once (test task `test-e100`; engine version "
-            f"{engine_version()}, code at {', '.join(commits)}; written by `python benchmarks/quality.py --suite "
+            f"{engine_version()}, code at {', '.join(commits)}{_engine_code_note(commits)}; written by `python benchmarks/quality.py --suite "
             "emblems`; [docs/benchmarks.md](docs/benchmarks.md#erasing-many-concepts-builtinemblems) has "
             "every task):",
             markdown_table(headers, hundred, align="ll" + "r" * (len(headers) - 2))]), doc=ROOT / "README.md")
