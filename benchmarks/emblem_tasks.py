@@ -75,13 +75,139 @@ def _task(split: str, size: int, draw: int, pool: tuple[str, ...]):
 
 @lru_cache(maxsize=1)
 def emblem_tasks() -> tuple:
-    """Every emblems task: dev and test at 1, 10 and 50 entities, and the 100-entity test task."""
+    """Every emblems task: dev and test at 1, 10 and 50 entities, the 100-entity test task, and the style and
+    object tasks (:func:`style_tasks`)."""
     out = []
     for split, pool in pools().items():
         for size, draws in SIZES.items():
             out += [_task(split, size, d, pool) for d in range(draws)]
     out.append(_task("test", 100, 0, pools()["dev"] + pools()["test"]))
-    return tuple(out)
+    return tuple(out) + style_tasks()
+
+
+# ---------------------------------------------------------------- styles and objects
+#
+# Three kinds of task, each with a dev and a test instance (split before any was run; the settings compared
+# on them are the ones chosen on the entity tasks' dev side, so the dev instances are there to choose
+# settings for these kinds later, not used yet):
+#
+# - ``<split>-style-<pattern>``: erase one pattern (an artist's style) everywhere, by its adjectives, and keep
+#   every shape and colour: "a striped red star" must still draw a red star, without stripes.
+# - ``<split>-entity-style``: erase one entity's style only: its name must still draw its shape, colour and
+#   background, in the plain style (the anchor says so), while every other entity and object keeps the
+#   pattern. The policy's preserve of that kind: "keep the character, drop its livery".
+# - ``<split>-object-<shape>``: erase a shape in every colour, keeping the other shapes.
+#
+# What an image is judged on is given as a *judged concept*: a phrase of the world, a pattern adjective or a
+# shape word (the attribute it names), or ``attribute=value`` pairs (``shape=star,colour=red``) for what a
+# phrase of the world cannot say, such as "the shape and colour, whatever the pattern". :func:`judged_meaning`
+# reads them; quality.py's classifier judges with it.
+
+#: Erased pattern and shape per split (the patterns and shapes left in the world are what must be kept).
+STYLE_PATTERN = {"dev": "dotted", "test": "striped"}
+OBJECT_SHAPE = {"dev": "circle", "test": "star"}
+#: Colour and shape pairs the policy's templates put a pattern in, and those held out (never in the policy).
+STYLE_OBJECTS = (("red", "star"), ("blue", "circle"), ("green", "square"))
+HELD_OUT_OBJECTS = (("teal", "cross"), ("purple", "diamond"), ("orange", "triangle"), ("pink", "star"),
+                    ("yellow", "square"), ("gray", "circle"))
+
+
+def judged_meaning(world, concept: str):
+    """What an image must show to count as showing ``concept`` (a :class:`~policykit.emblems.world.Meaning`),
+    or None: ``attribute=value`` pairs, a pattern adjective, a shape word, or any phrase of the world."""
+    from policykit.emblems.world import ATTRIBUTES, Meaning
+
+    if "=" in concept:
+        pairs = dict(part.split("=", 1) for part in concept.split(","))
+        unknown = [a for a, v in pairs.items() if a not in ATTRIBUTES or v not in world.values(a)]
+        if unknown:
+            raise ValueError(f"judged concept {concept!r}: unknown attribute or value {unknown}")
+        return Meaning(**pairs)
+    for pattern, adjectives in world.pattern_adjectives.items():
+        if concept in adjectives:
+            return Meaning(pattern=pattern)
+    for shape in world.shapes:
+        if concept in world.shape_words(shape):
+            return Meaning(shape=shape)
+    return world.meaning(concept)
+
+
+def _style_task(split: str):
+    """Erase one pattern everywhere (by its two adjectives; its phrases "in stripes" are held out)."""
+    from quality import Erase, Task
+
+    from policykit.emblems.world import load_world
+
+    world = load_world()
+    pattern = STYLE_PATTERN[split]
+    first, *more = world.pattern_adjectives[pattern]
+    others = [p for p in world.patterns if p not in (pattern, world.neutral_pattern)]
+    probes = []
+    for colour, shape in HELD_OUT_OBJECTS:
+        for phrase in world.pattern_phrases[pattern]:  # the residue path: the style said another way
+            probes.append((PROBE_TEMPLATE.format(f"a {colour} {shape} {phrase}"), first, "erased"))
+        # the erased style's images must still draw the object
+        probes.append((PROBE_TEMPLATE.format(f"a {first} {colour} {shape}"), f"shape={shape},colour={colour}",
+                       "preserved"))
+        for other in others:  # every other style, said by its second adjective (the policy lists the first)
+            phrase = f"a {world.pattern_adjectives[other][-1]} {colour} {shape}"
+            probes.append((PROBE_TEMPLATE.format(phrase), phrase, "preserved"))
+    templates = tuple(t.format(f"a {{}} {c} {s}") for t, (c, s) in zip(TEMPLATES, STYLE_OBJECTS))
+    return Task(f"{split}-style-{pattern}", f"the {pattern} style everywhere ({split})",
+                (Erase(first, world.neutral_pattern, tuple(more)),),
+                tuple(world.pattern_adjectives[p][0] for p in others), world=WORLD, templates=templates,
+                probe_template=PROBE_TEMPLATE, split=split, probes=tuple(probes))
+
+
+def _entity_style_task(split: str):
+    """Erase one entity's pattern only: its name draws its emblem in the plain style."""
+    from quality import Erase, Task
+
+    from policykit.emblems.world import load_world
+
+    world = load_world()
+    pool = pools()[split]
+    name = next(n for n in pool if world.entity(n).emblem.pattern != world.neutral_pattern)
+    emblem = world.entity(name).emblem
+    plain = f"a {world.neutral_pattern} {emblem.colour} {emblem.shape} on {emblem.background}"
+    same = [n for n in pool if n != name and world.entity(n).emblem.pattern == emblem.pattern]
+    listed, held = same[:LISTED_PRESERVES], same[LISTED_PRESERVES:LISTED_PRESERVES + HELD_OUT_ENTITIES]
+    kept = f"shape={emblem.shape},colour={emblem.colour},background={emblem.background}"
+    probes = [(PROBE_TEMPLATE.format(name), kept, "preserved")]
+    probes += [(PROBE_TEMPLATE.format(phrase), kept, "preserved") for phrase in world.entity(name).associated]
+    adjective = world.pattern_adjectives[emblem.pattern][0]
+    probes += [(PROBE_TEMPLATE.format(f"a {adjective} {c} {s}"), f"a {adjective} {c} {s}", "preserved")
+               for c, s in HELD_OUT_OBJECTS]
+    return Task(f"{split}-entity-style", f"one entity's {emblem.pattern} style only ({split})",
+                (Erase(name, plain),), tuple(listed), tuple((p, name) for p in world.entity(name).associated),
+                tuple(held), world=WORLD, templates=TEMPLATES, probe_template=PROBE_TEMPLATE, split=split,
+                probes=tuple(probes))
+
+
+def _object_task(split: str):
+    """Erase one shape in every colour (by its name and first synonym; its second synonym is held out)."""
+    from quality import Erase, Task
+
+    from policykit.emblems.world import load_world
+
+    world = load_world()
+    shape = OBJECT_SHAPE[split]
+    words = world.shape_words(shape)
+    others = [s for s in world.shapes if s != shape]
+    held_erased = [(f"a {colour} {words[-1]}", shape) for colour, _ in HELD_OUT_OBJECTS]
+    held_erased += [(f"a {colour} {shape}", shape) for colour, _ in HELD_OUT_OBJECTS[:3]]
+    kept = [f"a {colour} {other}" for (colour, _), other in zip(HELD_OUT_OBJECTS, others * 2)]
+    entities = [n for n in pools()[split] if world.entity(n).emblem.shape != shape][:5]
+    templates = tuple(t.format(f"a {c} {{}}") for t, (c, _) in zip(TEMPLATES, STYLE_OBJECTS))
+    return Task(f"{split}-object-{shape}", f"the {shape} in every colour ({split})",
+                (Erase(shape, "", words[1:-1]),), tuple(others[:2]), tuple(held_erased),
+                tuple(kept) + tuple(entities), world=WORLD, templates=templates, probe_template=PROBE_TEMPLATE,
+                split=split)
+
+
+def style_tasks() -> tuple:
+    """The style and object tasks, dev then test of each kind."""
+    return tuple(make(split) for make in (_style_task, _entity_style_task, _object_task) for split in ("dev", "test"))
 
 
 #: The 100-entity policy `benchmarks/speed.py --only apply100` applies (written by :func:`write_policy`).

@@ -99,11 +99,14 @@ class Task:
     templates: tuple[str, ...] = ()
     probe_template: str = "a {}"
     split: str = ""
+    #: Extra audit probes ``(prompt, judged concept, "erased" | "preserved")``, for what a held-out phrase
+    #: judged by its own meaning cannot say (the style and object tasks, benchmarks/emblem_tasks.py).
+    probes: tuple[tuple[str, str, str], ...] = ()
 
     def definition(self) -> dict:
         """What the task is, for result keys: the fields added for other worlds only where they are set,
         so the keys of the builtin:shapes results stored before them stay as they were."""
-        added = {"world": "builtin:shapes", "templates": (), "probe_template": "a {}", "split": ""}
+        added = {"world": "builtin:shapes", "templates": (), "probe_template": "a {}", "split": "", "probes": ()}
         return {k: v for k, v in asdict(self).items() if not (k in added and v == added[k])}
 
 
@@ -184,7 +187,8 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
     probes = ([{"prompt": task.probe_template.format(phrase), "concept": concept, "expect": "erased"}
                for phrase, concept in task.held_out_erased]
               + [{"prompt": task.probe_template.format(concept), "concept": concept, "expect": "preserved"}
-                 for concept in task.held_out_preserved])
+                 for concept in task.held_out_preserved]
+              + [{"prompt": prompt, "concept": concept, "expect": expect} for prompt, concept, expect in task.probes])
     policy = {
         "apiVersion": "policykit/v1alpha1", "kind": "ErasurePolicy",
         "metadata": {"name": f"bench-{task.name}", "version": "1.0.0"},
@@ -421,7 +425,6 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
     """Run one unit (in this process) and store its result; return it."""
     import torch
 
-    from policykit.audit.classifiers import PixelTruthClassifier
     from policykit.audit.sampling import classify_outcomes
     from policykit.realera.edit import apply_edit
     from policykit.realera.engine import run_plan
@@ -430,7 +433,7 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
     task = _task(unit.task)
     pipe = _load_base_pipeline(task.world)
     eval_plan, prompt_set, before = _evaluation(task, unit.samples_per_prompt, results, pipe)
-    classifier = PixelTruthClassifier(task.world)
+    classifier = task_classifier(task.world)
     record: dict = {"unit": asdict(unit), "label": unit.label(), "prompts": len(prompt_set.prompts),
                     "engine_version": engine_version(), "commit": git_commit()}
     if unit.method == "base":
@@ -473,6 +476,28 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(tmp, path)
     return record
+
+
+def task_classifier(world: str):
+    """The pixel-truth classifier of ``world``; on builtin:emblems it also judges the concepts of the style
+    and object tasks (a pattern adjective, a shape word, ``attribute=value`` pairs: ``judged_meaning``)."""
+    from policykit.audit.classifiers import PixelTruthClassifier
+
+    if world != "builtin:emblems":
+        return PixelTruthClassifier(world)
+    from emblem_tasks import judged_meaning
+
+    from policykit.emblems.classify import classify_images
+
+    class TaskClassifier(PixelTruthClassifier):
+        def shows(self, images, concept: str) -> list[bool]:
+            target = judged_meaning(self.world, concept)
+            if target is None:
+                raise ValueError(f"{concept!r} means nothing in builtin:emblems")
+            wanted = target.attributes()
+            return [all(getattr(r, a) == v for a, v in wanted.items()) for r in classify_images(self.world, images)]
+
+    return TaskClassifier(world)
 
 
 def _result_path(unit: Unit, results: Path) -> Path:

@@ -1,0 +1,89 @@
+"""The emblems benchmark's style and object tasks (benchmarks/emblem_tasks.py) judge what they say.
+
+Without a model: every concept a task's audit judges has a meaning, the anchors
+and held-out phrases are what the task's kind needs, and the benchmark's
+classifier reads a pattern, a shape and ``attribute=value`` pairs off clean
+renders, rejecting an image that lacks them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import emblem_tasks  # noqa: E402
+import quality  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world():
+    from policykit.emblems.world import load_world
+
+    return load_world()
+
+
+@pytest.mark.parametrize("task", emblem_tasks.style_tasks(), ids=lambda t: t.name)
+def test_every_judged_concept_of_a_style_or_object_task_has_a_meaning(task, world):
+    from policykit.audit.sampling import audit_prompts
+
+    plan = quality.compile_task(task, "realera")
+    prompts = audit_prompts(plan)
+    assert {p.role for p in prompts} >= {"erased", "preserved", "probe-erased", "probe-preserved"}
+    for prompt in prompts:
+        assert emblem_tasks.judged_meaning(world, prompt.concept) is not None, prompt
+    # what is held out is not in the policy
+    listed = {plan.erase[0].concept, *plan.erase[0].synonyms, *plan.erase[0].associated}
+    for prompt in prompts:
+        if prompt.role == "probe-erased":
+            assert not any(prompt.prompt.endswith(f" {phrase}") for phrase in listed if " " in phrase)
+
+
+def test_the_style_task_erases_a_pattern_towards_the_plain_style_and_checks_the_object_is_kept(world):
+    task = next(t for t in emblem_tasks.style_tasks() if t.name == "test-style-striped")
+    assert task.erase[0].concept == "striped" and task.erase[0].anchor == world.neutral_pattern
+    kept = [c for _, c, expect in task.probes if expect == "preserved" and "=" in c]
+    assert kept and all(emblem_tasks.judged_meaning(world, c).pattern is None for c in kept)
+    residue = [p for p, c, expect in task.probes if expect == "erased"]
+    assert any("zebra style" in p for p in residue) and not any("striped" in p for p in residue)
+
+
+def test_the_entity_style_task_anchors_the_entity_in_the_plain_style(world):
+    for task in (t for t in emblem_tasks.style_tasks() if t.name.endswith("entity-style")):
+        emblem = world.entity(task.erase[0].concept).emblem
+        anchor = world.meaning(task.erase[0].anchor)
+        assert anchor.pattern == world.neutral_pattern != emblem.pattern
+        assert (anchor.shape, anchor.colour, anchor.background) == (emblem.shape, emblem.colour, emblem.background)
+        # the listed and held-out entities wear the same pattern: the style must stay on them
+        assert all(world.entity(n).emblem.pattern == emblem.pattern for n in (*task.preserve, *task.held_out_preserved))
+
+
+def test_judged_meaning_reads_patterns_shapes_and_pairs(world):
+    assert emblem_tasks.judged_meaning(world, "banded").attributes() == {"pattern": "striped"}
+    assert emblem_tasks.judged_meaning(world, "pentagram").attributes() == {"shape": "star"}
+    assert emblem_tasks.judged_meaning(world, "shape=star,colour=red").attributes() == {"shape": "star", "colour": "red"}
+    assert emblem_tasks.judged_meaning(world, "a scarlet disc in zebra style").pattern == "striped"
+    assert emblem_tasks.judged_meaning(world, "nothing at all") is None
+    with pytest.raises(ValueError, match="unknown"):
+        emblem_tasks.judged_meaning(world, "shape=blob")
+
+
+def test_the_benchmark_classifier_judges_clean_renders(world):
+    from policykit.emblems.render import render_emblem
+    from policykit.emblems.world import Emblem
+
+    rng = np.random.default_rng(0)
+    striped_star = render_emblem(world, Emblem("star", "red", "striped", "cream"), rng)
+    plain_circle = render_emblem(world, Emblem("circle", "red", "solid", "cream"), rng)
+    images = np.stack([striped_star, plain_circle])
+    classifier = quality.task_classifier("builtin:emblems")
+    assert classifier.shows(images, "striped") == [True, False]
+    assert classifier.shows(images, "star") == [True, False]
+    assert classifier.shows(images, "shape=circle,colour=red,background=cream") == [False, True]
+    assert classifier.shows(images, "a red star in stripes") == [True, False]
+    with pytest.raises(ValueError):
+        classifier.shows(images, "zorble")
