@@ -410,7 +410,17 @@ def _shares(outcomes) -> dict:
             "acc_g_listed": part({"synonym", "associated"}).acc_g, "acc_g_held_out": part({"probe-erased"}).acc_g,
             "acc_g_neighbors": part({"neighbor"}).acc_g,
             "acc_s_listed": part({"preserved"}).acc_s, "acc_s_held_out": part({"probe-preserved"}).acc_s,
+            # the style and object tasks: held-out prompts judged on part of what they ask (``attribute=value``:
+            # the object kept when its style is erased) and on all of it (the other styles, shapes, entities)
+            "acc_s_content": _acc_s([o for o in outcomes if o.role == "probe-preserved" and "=" in o.concept]),
+            "acc_s_others": _acc_s([o for o in outcomes if o.role == "probe-preserved" and "=" not in o.concept]),
             "images": sum(o.images for o in outcomes)}
+
+
+def _acc_s(outcomes) -> float | None:
+    from policykit.audit.metrics import compute_metrics
+
+    return compute_metrics(outcomes).acc_s if outcomes else None
 
 
 def h_c(acc_e: float | None, acc_s: float | None) -> float | None:
@@ -601,6 +611,36 @@ def main_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict],
 MAIN_HEADERS = ["task", "method", "Acc_e", "Acc_g", "held-out", "neighbours", "Acc_s", "held-out", "H_o", "edit s"]
 
 
+def style_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict], samples: int) -> list[list[str]]:
+    """The style and object tasks' table: what is erased, said as listed and as held out; what must stay."""
+    rows = []
+    for task in task_list:
+        for method in ["base", *methods]:
+            unit = method_unit(task.name, method, _n(samples, task.name))
+            record = done.get(unit)
+            if record is None:
+                continue
+            m = record["metrics"]
+            rows.append([task.name, unit.label(), _pct(m["acc_e"]), _pct(m["acc_g_listed"]), _pct(m["acc_g_held_out"]),
+                         _pct(m["acc_s_listed"]), _pct(m.get("acc_s_others")), _pct(m.get("acc_s_content")),
+                         _pct(m["h_o"]), "-" if method == "base" else _seconds(record["edit_seconds"])])
+    return rows
+
+
+STYLE_NOTE = (
+    "The style and object tasks (benchmarks/emblem_tasks.py): `*-style-<pattern>` erases a pattern everywhere by "
+    "its two adjectives, anchored on the plain style; `*-entity-style` erases one entity's pattern only, anchored on "
+    "its emblem in the plain style; `*-object-<shape>` erases a shape in every colour by its name and one synonym. "
+    "Columns: Acc_e and `listed phrasings` (the synonym the policy lists) are images still showing what was erased; "
+    "`held-out phrasings` the same for phrasings the policy never lists (\"in zebra style\", \"pentagram\", the "
+    "entity's associated phrases); `listed preserves` and `held-out others` are images of the other patterns, shapes "
+    "and entities drawn correctly; `content kept` is, for the style tasks, the erased style's prompts still drawing "
+    "their object (shape and colour; the entity's shape, colour and background), the half of a style erasure that "
+    "keeps the subject. Acc_s and H_o count all of them.")
+STYLE_HEADERS = ["task", "method", "Acc_e", "listed phrasings", "held-out phrasings", "listed preserves",
+                 "held-out others", "content kept", "H_o", "edit s"]
+
+
 def summary_rows(task_list: list[Task], methods: list[str], done: dict[Unit, dict], samples: int) -> list[list[str]]:
     """Per method: the tasks it was measured on, its mean H_o over them, its mean H_o over the common tasks
     (those every method measured on the most tasks has: the fair comparison), and where it is best."""
@@ -725,14 +765,21 @@ def main(argv: list[str] | None = None) -> int:
 
     emblems = args.suite == "emblems"
     if emblems:
-        from emblem_tasks import emblem_tasks
+        from emblem_tasks import emblem_tasks, style_tasks
 
         args.no_sweep = True
     args.results = args.results or (EMBLEM_RESULTS if emblems else RESULTS)
     if args.samples is None:
         args.samples = emblem_samples if emblems else 8
-    suite = list(emblem_tasks()) if emblems else tasks()
+    styles = {t.name for t in style_tasks()} if emblems else set()
+    # the emblems suite's default: its entity tasks; the style and object tasks run when named
+    suite = [t for t in emblem_tasks() if t.name not in styles] if emblems else tasks()
     task_list = [_task(n) for n in args.tasks.split(",")] if args.tasks else suite
+    kinds = {t.name in styles for t in task_list}
+    styles_only = kinds == {True}
+    if len(kinds) > 1:
+        raise SystemExit("name the style and object tasks in a run of their own: they are a table of their own "
+                         f"in docs/benchmarks.md ({', '.join(sorted(styles))})")
     methods = args.methods.split(",") if args.methods else list(EMBLEM_METHODS if emblems else METHODS)
     units = [method_unit(t.name, m, _n(args.samples, t.name)) for t in task_list for m in ["base", *methods]]
     if args.old_shell and "realera" in methods:
@@ -767,6 +814,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = main_rows(task_list, methods, done, args.samples, with_h_c=emblems)
     headers = MAIN_HEADERS[:-1] + ["H_c", MAIN_HEADERS[-1], "peak MB"] if emblems else MAIN_HEADERS
+    if styles_only:
+        rows, headers = style_rows(task_list, methods, done, args.samples), STYLE_HEADERS
     summary = summary_rows(task_list, methods, done, args.samples)
     print(text_table(headers, rows))
     print()
@@ -831,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         "showing it (the `held-out` column: phrases of the concept the policy does not list; `neighbours`: "
         "mined neighbours drawn from a stream the edit never sees), Acc_s preserved concepts drawn correctly "
         "(`held-out`: concepts the policy does not name).",
+        *([STYLE_NOTE] if styles_only else []),
         markdown_table(headers, rows, align="ll" + "r" * (len(headers) - 2)),
         "Per method: mean H_o over the tasks it was measured on, and over the common tasks (those measured for "
         "every method that ran on the most tasks; `best H_o on`: tasks where it ties or beats every method "
@@ -852,6 +902,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = {t.split for t in task_list}
     # the emblems dev and test tables are sections of their own, each written by its own run
     name = ("emblems-" + splits.pop() if len(splits) == 1 else "emblems") if emblems else "quality"
+    if styles_only:  # the style and object tasks are a table of their own (their columns judge other things)
+        name += "-styles"
     path = write_section(name, "\n\n".join(parts))
     hundred = [r for r in rows if r[0] == "test-e100"]
     if emblems and hundred:  # README's "How well it works" quotes the 100-entity row of every method
