@@ -98,8 +98,8 @@ def emblem_tasks() -> tuple:
 #   pattern. The policy's preserve of that kind: "keep the character, drop its livery".
 # - ``<split>-object-<shape>``: erase a shape in every colour, keeping the other shapes.
 #
-# What an image is judged on is given as a *judged concept*: a phrase of the world, a pattern adjective or a
-# shape word (the attribute it names), or ``attribute=value`` pairs (``shape=star,colour=red``) for what a
+# What an image is judged on is given as a *judged concept*: a phrase of the world (a pattern adjective or a
+# shape word alone means that attribute), or ``attribute=value`` pairs (``shape=star,colour=red``) for what a
 # phrase of the world cannot say, such as "the shape and colour, whatever the pattern". :func:`judged_meaning`
 # reads them; quality.py's classifier judges with it.
 
@@ -123,13 +123,7 @@ def judged_meaning(world, concept: str):
         if unknown:
             raise ValueError(f"judged concept {concept!r}: unknown attribute or value {unknown}")
         return Meaning(**pairs)
-    for pattern, adjectives in world.pattern_adjectives.items():
-        if concept in adjectives:
-            return Meaning(pattern=pattern)
-    for shape in world.shapes:
-        if concept in world.shape_words(shape):
-            return Meaning(shape=shape)
-    return world.meaning(concept)
+    return world.meaning(concept)  # a style, shape or colour said alone means that attribute (World.meaning)
 
 
 def _style_task(split: str):

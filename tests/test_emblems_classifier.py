@@ -77,3 +77,18 @@ def test_the_audits_pixel_truth_judges_names_phrases_and_objects_of_the_world(wo
     assert classifier.shows(images, f"a {entity.emblem.colour} {entity.emblem.shape}") == [True] * 4
     with pytest.raises(ClassifierError, match="means nothing in builtin:emblems"):
         classifier.shows(images, "a purple elephant")
+
+
+def test_pixel_truth_judges_a_style_or_shape_said_alone(world):
+    from policykit.audit.classifiers import PixelTruthClassifier
+
+    rng = np.random.default_rng(1)
+    from policykit.emblems.render import render_emblem
+
+    images = np.stack([render_emblem(world, Emblem("star", "red", "striped", "cream"), rng),
+                       render_emblem(world, Emblem("circle", "blue", "dotted", "white"), rng)])
+    classifier = PixelTruthClassifier("builtin:emblems")
+    assert classifier.shows(images, "in zebra style") == [True, False]
+    assert classifier.shows(images, "spotted") == [False, True]
+    assert classifier.shows(images, "pentagram") == [True, False]
+    assert classifier.shows(images, "cobalt") == [False, True]

@@ -81,6 +81,13 @@ def test_meaning_of_phrases(world):
     assert world.meaning("a zebra") is None
 
 
+def test_a_style_shape_or_colour_said_alone_means_that_attribute(world):
+    assert world.meaning("striped") == world.meaning("in zebra style") == Meaning(pattern="striped")
+    assert world.meaning("Pentagram") == Meaning(shape="star")
+    assert world.meaning("scarlet") == Meaning(colour="red")
+    assert world.meaning("zebra") is None and world.meaning("cream") is None  # backgrounds are said with a shape
+
+
 def test_entities_file_is_what_the_generator_writes(world):
     from policykit.emblems.entities import entities_toml, generate_entities
     from policykit.emblems.world import ENTITIES_FILE

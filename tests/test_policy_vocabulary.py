@@ -130,3 +130,16 @@ def test_validate_catches_it_without_importing_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     assert result == {"code": 1, "heavy": []}
+
+
+def test_a_style_shape_or_colour_alone_is_a_concept_of_builtin_emblems(tmp_path, capsys):
+    body = ("erase:\n  - concept: striped\n    anchor: solid\n    synonyms: [banded]\n    associated: [in zebra style]\n"
+            "  - concept: pentagram\npreserve:\n  - concept: dotted\n  - concept: scarlet\naudit:\n  probes:\n"
+            "    - prompt: a picture of a red star in stripes\n      concept: in stripes\n      expect: erased\n")
+    path = tmp_path / "policy.yaml"
+    path.write_text(HEAD.replace("builtin:shapes", "builtin:emblems") + body, encoding="utf-8")
+    code, diagnostics = validate_json(path, capsys)
+    assert (code, diagnostics) == (0, [])
+    path.write_text(HEAD.replace("builtin:shapes", "builtin:emblems") + "erase:\n  - concept: zebra\n", encoding="utf-8")
+    code, diagnostics = validate_json(path, capsys)
+    assert code == 1 and "a style (solid, striped" in diagnostics[0]["message"]

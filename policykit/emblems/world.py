@@ -195,9 +195,29 @@ class World:
         return table
 
     def meaning(self, phrase: str) -> Meaning | None:
-        """What a phrase means (``"a scarlet disc in zebra style"`` -> red striped circle), None if nothing."""
-        found = self.phrase_table.get(" ".join(phrase.lower().split()))
-        return None if found is None else found.meaning
+        """What a phrase means (``"a scarlet disc in zebra style"`` -> red striped circle), None if nothing.
+
+        Besides the phrases of :attr:`phrase_table`, a style said alone (``"striped"``, ``"in zebra style"``)
+        means its pattern on any object, a shape word alone (``"pentagram"``) that shape in any colour and
+        pattern, and a colour word alone (``"scarlet"``) that colour: what a policy erasing a style, a shape
+        or a colour everywhere names, and what the audit then judges by that one attribute.
+        """
+        key = " ".join(phrase.lower().split())
+        found = self.phrase_table.get(key)
+        return found.meaning if found is not None else self._attribute_words.get(key)
+
+    @cached_property
+    def _attribute_words(self) -> dict[str, Meaning]:
+        """One attribute said alone: pattern adjectives and phrases, shape words, colour words."""
+        words: dict[str, Meaning] = {}
+        for pattern in self.patterns:
+            for text in (*self.pattern_adjectives[pattern], *self.pattern_phrases[pattern]):
+                words[text] = Meaning(pattern=pattern)
+        for shape in self.shapes:
+            words.update({w: Meaning(shape=shape) for w in self.shape_words(shape)})
+        for colour in self.colours:
+            words.update({w: Meaning(colour=colour) for w in self.colour_words(colour)})
+        return words
 
     def words(self) -> list[str]:
         """Every ordinary word a caption can contain (names excluded: they are built from syllables), sorted."""

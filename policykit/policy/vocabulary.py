@@ -107,7 +107,8 @@ def _world(model: str) -> tuple[Any, str]:
             f"(as '{example.associated[0]}'), " if example else ""
         return world, (f"the world knows {names}a colour ({', '.join(world.colours)}) and a shape "
                        f"({', '.join(world.shapes)}) or their synonyms, as in 'red star', and those with a pattern or "
-                       "a background")
+                       f"a background; a style ({', '.join(world.patterns)}, or a phrase as 'in zebra style'), a "
+                       "shape or a colour said alone")
     from policykit.shapes.world import load_world
 
     world = load_world()
@@ -122,13 +123,14 @@ def _describe(meaning: Any) -> str:
 
 
 def meaningful_phrases(world: Any, text: str) -> list[str]:
-    """Runs of two words, else one, in ``text`` that ``world`` gives a meaning, in order
-    (``"a photo of a crimson disc"`` -> ``["crimson disc"]``)."""
+    """The longest runs of words in ``text`` that ``world`` gives a meaning, in order
+    (``"a photo of a crimson disc"`` -> ``["crimson disc"]``; on builtin:emblems
+    ``"a picture of a spotted orange triangle"`` -> ``["a spotted orange triangle"]``, not ``["spotted"]``)."""
     words = re.findall(r"[a-z]+", text.lower())
     found = []
     i = 0
     while i < len(words):
-        for n in (2, 1):
+        for n in range(len(words) - i, 0, -1):
             phrase = " ".join(words[i:i + n])
             if len(words[i:i + n]) == n and world.meaning(phrase) is not None:
                 found.append(phrase)
