@@ -489,23 +489,17 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
 
 
 def task_classifier(world: str):
-    """The pixel-truth classifier of ``world``; on builtin:emblems it also judges the concepts of the style
-    and object tasks (a pattern adjective, a shape word, ``attribute=value`` pairs: ``judged_meaning``)."""
+    """The pixel-truth classifier of ``world``; on builtin:emblems it also judges the ``attribute=value``
+    concepts of the style and object tasks (``emblem_tasks.judged_meaning``)."""
     from policykit.audit.classifiers import PixelTruthClassifier
 
     if world != "builtin:emblems":
         return PixelTruthClassifier(world)
     from emblem_tasks import judged_meaning
 
-    from policykit.emblems.classify import classify_images
-
     class TaskClassifier(PixelTruthClassifier):
-        def shows(self, images, concept: str) -> list[bool]:
-            target = judged_meaning(self.world, concept)
-            if target is None:
-                raise ValueError(f"{concept!r} means nothing in builtin:emblems")
-            wanted = target.attributes()
-            return [all(getattr(r, a) == v for a, v in wanted.items()) for r in classify_images(self.world, images)]
+        def meaning(self, concept: str):
+            return judged_meaning(self.world, concept)
 
     return TaskClassifier(world)
 

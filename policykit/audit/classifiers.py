@@ -52,9 +52,13 @@ class PixelTruthClassifier:
             from policykit.shapes.world import load_world
         self.world = load_world()
 
+    def meaning(self, concept: str):
+        """What an image must show to count as showing ``concept`` (the world's meaning; None if nothing)."""
+        return self.world.meaning(concept)
+
     def shows(self, images: np.ndarray, concept: str) -> list[bool]:
         """True where the pixels show what ``concept`` means (every attribute it fixes)."""
-        target = self.world.meaning(concept)
+        target = self.meaning(concept)
         if target is None:
             raise ClassifierError(f"{concept!r} means nothing in {self.world_id}; the pixel-truth classifier can "
                                   "only judge the phrases of its world")

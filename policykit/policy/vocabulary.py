@@ -132,7 +132,7 @@ def meaningful_phrases(world: Any, text: str) -> list[str]:
     while i < len(words):
         for n in range(len(words) - i, 0, -1):
             phrase = " ".join(words[i:i + n])
-            if len(words[i:i + n]) == n and world.meaning(phrase) is not None:
+            if world.meaning(phrase) is not None:
                 found.append(phrase)
                 i += n - 1
                 break
