@@ -73,6 +73,19 @@ def _task(split: str, size: int, draw: int, pool: tuple[str, ...]):
                 world=WORLD, templates=TEMPLATES, probe_template=PROBE_TEMPLATE, split=split)
 
 
+def catalog_names(task) -> tuple[str, ...]:
+    """A retain catalog for ``task``: every entity of the world the task never judges (not erased, not
+    listed, not held out), in the world's order. It is what a team's list of "names the model must keep"
+    would be (UCE's papers preserve such a list of other artists or celebrities), with the one rule that keeps
+    the measurement honest: no entity whose images are scored is in it, so the held-out column still measures
+    names the policy does not know."""
+    from policykit.emblems.world import load_world
+
+    judged = {e.concept for e in task.erase} | set(task.preserve) | set(task.held_out_preserved)
+    judged |= {concept for _, concept in task.held_out_erased}
+    return tuple(e.name for e in load_world().entities if e.name not in judged)
+
+
 @lru_cache(maxsize=1)
 def emblem_tasks() -> tuple:
     """Every emblems task: dev and test at 1, 10 and 50 entities, the 100-entity test task, and the style and

@@ -177,10 +177,11 @@ def tasks() -> list[Task]:
 
 def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: float | None = None,
                 space: str = SPACE, samples_per_prompt: int = 8, steps: int | None = None,
-                learning_rate: float | None = None, overrides: tuple = ()) -> dict:
+                learning_rate: float | None = None, overrides: tuple = (), catalog: bool = False) -> dict:
     """The policy a task compiles to for ``method`` (``beyond``: beyond radius, relative; None: 2 x radius;
     ``steps``/``learning_rate``: noise alignment's, None: the demo's; ``overrides``: ``(dotted policy path,
-    value)`` pairs written over the rest, e.g. ``("training.closed_form.lambda", 5.0)``)."""
+    value)`` pairs written over the rest, e.g. ``("training.closed_form.lambda", 5.0)``; ``catalog``: also
+    preserve every entity of the world the task never judges, :func:`emblem_tasks.catalog_names`)."""
     neighbors = {"radius": radius, "samples": SAMPLES, "min_cosine": MIN_COSINE, "space": space}
     if beyond is not None:
         neighbors["beyond_radius"] = beyond
@@ -196,7 +197,7 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
         "defaults": {"neighbors": neighbors, "templates": list(task.templates or TEMPLATES)},
         "erase": [{"concept": e.concept, "anchor": e.anchor, "synonyms": list(e.synonyms),
                    "associated": list(e.associated)} for e in task.erase],
-        "preserve": [{"concept": p} for p in task.preserve],
+        "preserve": [{"concept": p} for p in task.preserve] + [{"concept": p} for p in _catalog(task, catalog)],
         "training": {"method": method, "seed": 0, **_training(method, steps, learning_rate)},
         "audit": {"samples_per_prompt": samples_per_prompt, "probes": probes},
     }
@@ -207,6 +208,16 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
             node = node.setdefault(key, {})
         node[last] = value
     return policy
+
+
+def _catalog(task: Task, catalog: bool) -> list[str]:
+    if not catalog:
+        return []
+    if task.world != "builtin:emblems":
+        raise SystemExit(f"task {task.name}: a retain catalog exists on builtin:emblems only")
+    from emblem_tasks import catalog_names
+
+    return list(catalog_names(task))
 
 
 def _training(method: str, steps: int | None, learning_rate: float | None) -> dict:
@@ -284,6 +295,8 @@ class Unit:
     shell_mass: float | None = None
     #: Policy settings written over the task's (:func:`policy_dict`'s ``overrides``): a method's other settings.
     overrides: tuple = ()
+    #: Preserve a retain catalog beside the task's own preserves (:func:`emblem_tasks.catalog_names`).
+    catalog: bool = False
 
     def key(self) -> str:
         """Names the stored result: the unit's settings and its task's definition.
@@ -293,7 +306,7 @@ class Unit:
         """
         fields = {k: v for k, v in asdict(self).items()
                   if not (k in ("steps", "learning_rate", "shell_mass") and v is None)
-                  and not (k == "overrides" and not v)}
+                  and not (k == "overrides" and not v) and not (k == "catalog" and not v)}
         if self.method == "realera":
             fields["shell_mass"] = self.effective_shell_mass()
         body = json.dumps({"v": BUILD_VERSION, "engine": engine_version(), **fields,
@@ -321,6 +334,8 @@ class Unit:
             extra.append(f"shell mass {self.shell_mass:g}")
         extra += [f"{path.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, (int, float)) else
                   f"{path.rsplit('.', 1)[-1]}={value}" for path, value in self.overrides]
+        if self.catalog:
+            extra.append("+ catalog")
         return self.method + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -356,9 +371,12 @@ def method_unit(task: str, spec: str, samples: int) -> Unit:
                 pass
             overrides.append((path.strip(), value))
     # the engine's shell weight is no policy setting: ``realera[shell_mass=0.5]`` sets the unit's
+    # ``[catalog=1]`` preserves the task's retain catalog (:func:`emblem_tasks.catalog_names`), no policy path
     shell = dict(overrides).pop("shell_mass", None)
-    overrides = [(k, v) for k, v in overrides if k != "shell_mass"]
-    return Unit(task, method, samples_per_prompt=samples, shell_mass=shell, overrides=tuple(overrides))
+    catalog = bool(dict(overrides).pop("catalog", False))
+    overrides = [(k, v) for k, v in overrides if k not in ("shell_mass", "catalog")]
+    return Unit(task, method, samples_per_prompt=samples, shell_mass=shell, overrides=tuple(overrides),
+                catalog=catalog)
 
 
 def _task(name: str) -> Task:
@@ -452,7 +470,7 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
         plan = compile_task(task, unit.method, radius=unit.radius,
                             beyond=None if unit.beyond is None else unit.beyond * unit.radius,
                             space=unit.space, samples_per_prompt=unit.samples_per_prompt, steps=unit.steps,
-                            learning_rate=unit.learning_rate, overrides=unit.overrides)
+                            learning_rate=unit.learning_rate, overrides=unit.overrides, catalog=unit.catalog)
         from policykit.realera.engine import EngineOptions
 
         options = EngineOptions() if unit.shell_mass is None else EngineOptions(shell_mass=unit.shell_mass)

@@ -87,3 +87,21 @@ def test_the_benchmark_classifier_judges_clean_renders(world):
     assert classifier.shows(images, "a red star in stripes") == [True, False]
     with pytest.raises(ValueError):
         classifier.shows(images, "zorble")
+
+
+@pytest.mark.parametrize("name", ["dev-e10-d0", "test-e100"])
+def test_the_retain_catalog_never_holds_an_entity_the_task_scores(name, world):
+    task = quality._task(name)
+    catalog = emblem_tasks.catalog_names(task)
+    scored = ({e.concept for e in task.erase} | set(task.preserve) | set(task.held_out_preserved)
+              | {concept for _, concept in task.held_out_erased})
+    assert catalog and not set(catalog) & scored
+    assert len(catalog) == len(world.entities) - len(scored & {e.name for e in world.entities})
+    # the catalog is preserved by the unit's policy, on top of the task's own preserves; the key of a unit
+    # without it is what it was, so stored results stay found
+    unit = quality.method_unit(name, "uce[catalog=1]", 1)
+    assert unit.catalog and unit.label() == "uce (+ catalog)"
+    assert unit.key() != quality.method_unit(name, "uce", 1).key()
+    policy = quality.policy_dict(task, "uce", catalog=True)
+    assert [p["concept"] for p in policy["preserve"]] == list(task.preserve) + list(catalog)
+    assert quality.policy_dict(task, "uce")["preserve"] == [{"concept": p} for p in task.preserve]

@@ -16,7 +16,8 @@ same way), ``"eos"`` erases only the EOS leak position, ``"last_eos"`` both;
 ``recomb``: N phrases recombined from the erased phrases' token pieces
 (a prefix of one, a suffix of another) are preserved beside the vocabulary;
 ``oracle``: every entity the task keeps is listed as a preserve (a capacity
-check). Task ``adhoc-e60`` is 60 entities of the dev pool (5 listed, 15 held out).
+check); ``catalog``: N entities the task never judges are listed as preserves
+beside its own (does a list of *other* names keep the unnamed ones?). Task ``adhoc-e60`` is 60 entities of the dev pool (5 listed, 15 held out).
 
     python benchmarks/probes/closed_form_variants.py --task adhoc-e60 --k 1 --kk 3 \
         --variants '[{"method": "realera-cf"}, {"span": "last"}, {"oracle": true}]'
@@ -101,6 +102,11 @@ for v in json.loads(a.variants):
     if v.get("oracle"):  # every entity the task keeps, listed as a preserve (a capacity check, not a method)
         keep = list(task.preserve) + [c for c in task.held_out_preserved if " " not in c]
         st["overrides"] = list(st.get("overrides", [])) + [["preserve", [{"concept": c} for c in keep]]]
+    if v.get("catalog"):  # entities the task never judges (not erased, listed or held out), listed as preserves
+        judged = {e.concept for e in task.erase} | set(task.preserve) | set(task.held_out_preserved)
+        cat = [e.name for e in world.entities if e.name not in judged][: int(v["catalog"])]
+        st["overrides"] = list(st.get("overrides", [])) + [
+            ["preserve", [{"concept": c} for c in list(task.preserve) + cat]]]
     import policykit.realera.encoding as EN2
     if not hasattr(EN2, "_orig_vocab"):
         EN2._orig_vocab = EN2.vocabulary_phrases
