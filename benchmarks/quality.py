@@ -177,11 +177,14 @@ def tasks() -> list[Task]:
 
 def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: float | None = None,
                 space: str = SPACE, samples_per_prompt: int = 8, steps: int | None = None,
-                learning_rate: float | None = None, overrides: tuple = (), catalog: bool = False) -> dict:
+                learning_rate: float | None = None, overrides: tuple = (), catalog: bool = False,
+                catalog_mass: float | None = None) -> dict:
     """The policy a task compiles to for ``method`` (``beyond``: beyond radius, relative; None: 2 x radius;
     ``steps``/``learning_rate``: noise alignment's, None: the demo's; ``overrides``: ``(dotted policy path,
     value)`` pairs written over the rest, e.g. ``("training.closed_form.lambda", 5.0)``; ``catalog``: also
-    preserve every entity of the world the task never judges, :func:`emblem_tasks.catalog_names`)."""
+    preserve every entity of the world the task never judges, :func:`emblem_tasks.catalog_names`, each at
+    weight 1, or, with ``catalog_mass``, all together weighing that many times the erased names, the rule the
+    engine's vocabulary rows follow)."""
     neighbors = {"radius": radius, "samples": SAMPLES, "min_cosine": MIN_COSINE, "space": space}
     if beyond is not None:
         neighbors["beyond_radius"] = beyond
@@ -197,7 +200,7 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
         "defaults": {"neighbors": neighbors, "templates": list(task.templates or TEMPLATES)},
         "erase": [{"concept": e.concept, "anchor": e.anchor, "synonyms": list(e.synonyms),
                    "associated": list(e.associated)} for e in task.erase],
-        "preserve": [{"concept": p} for p in task.preserve] + [{"concept": p} for p in _catalog(task, catalog)],
+        "preserve": [{"concept": p} for p in task.preserve] + _catalog(task, catalog, catalog_mass),
         "training": {"method": method, "seed": 0, **_training(method, steps, learning_rate)},
         "audit": {"samples_per_prompt": samples_per_prompt, "probes": probes},
     }
@@ -210,14 +213,18 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
     return policy
 
 
-def _catalog(task: Task, catalog: bool) -> list[str]:
+def _catalog(task: Task, catalog: bool, mass: float | None) -> list[dict]:
+    """The catalog's preserve entries: weight 1 each (a peer then scales them by its own rule, e.g. UCE's
+    ``max(0.1, 1 / (1 + preserves))``), or ``mass`` times the erased names' count shared among them."""
     if not catalog:
         return []
     if task.world != "builtin:emblems":
         raise SystemExit(f"task {task.name}: a retain catalog exists on builtin:emblems only")
     from emblem_tasks import catalog_names
 
-    return list(catalog_names(task))
+    names = catalog_names(task)
+    weight = 1.0 if mass is None else mass * len(task.erase) / len(names)
+    return [{"concept": n} if mass is None else {"concept": n, "weight": round(weight, 6)} for n in names]
 
 
 def _training(method: str, steps: int | None, learning_rate: float | None) -> dict:
@@ -297,6 +304,8 @@ class Unit:
     overrides: tuple = ()
     #: Preserve a retain catalog beside the task's own preserves (:func:`emblem_tasks.catalog_names`).
     catalog: bool = False
+    #: The catalog's total weight relative to the erased names (None: weight 1 per name).
+    catalog_mass: float | None = None
 
     def key(self) -> str:
         """Names the stored result: the unit's settings and its task's definition.
@@ -305,7 +314,7 @@ class Unit:
         change of the engine's default measures anew instead of reusing old results.
         """
         fields = {k: v for k, v in asdict(self).items()
-                  if not (k in ("steps", "learning_rate", "shell_mass") and v is None)
+                  if not (k in ("steps", "learning_rate", "shell_mass", "catalog_mass") and v is None)
                   and not (k == "overrides" and not v) and not (k == "catalog" and not v)}
         if self.method == "realera":
             fields["shell_mass"] = self.effective_shell_mass()
@@ -335,7 +344,7 @@ class Unit:
         extra += [f"{path.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, (int, float)) else
                   f"{path.rsplit('.', 1)[-1]}={value}" for path, value in self.overrides]
         if self.catalog:
-            extra.append("+ catalog")
+            extra.append("+ catalog" + ("" if self.catalog_mass is None else f" x{self.catalog_mass:g}"))
         return self.method + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -374,9 +383,12 @@ def method_unit(task: str, spec: str, samples: int) -> Unit:
     # ``[catalog=1]`` preserves the task's retain catalog (:func:`emblem_tasks.catalog_names`), no policy path
     shell = dict(overrides).pop("shell_mass", None)
     catalog = bool(dict(overrides).pop("catalog", False))
-    overrides = [(k, v) for k, v in overrides if k not in ("shell_mass", "catalog")]
+    mass = dict(overrides).pop("catalog_mass", None)
+    if mass is not None and not catalog:
+        raise SystemExit(f"method {spec!r}: catalog_mass needs catalog=1")
+    overrides = [(k, v) for k, v in overrides if k not in ("shell_mass", "catalog", "catalog_mass")]
     return Unit(task, method, samples_per_prompt=samples, shell_mass=shell, overrides=tuple(overrides),
-                catalog=catalog)
+                catalog=catalog, catalog_mass=None if mass is None else float(mass))
 
 
 def _task(name: str) -> Task:
@@ -470,7 +482,8 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
         plan = compile_task(task, unit.method, radius=unit.radius,
                             beyond=None if unit.beyond is None else unit.beyond * unit.radius,
                             space=unit.space, samples_per_prompt=unit.samples_per_prompt, steps=unit.steps,
-                            learning_rate=unit.learning_rate, overrides=unit.overrides, catalog=unit.catalog)
+                            learning_rate=unit.learning_rate, overrides=unit.overrides, catalog=unit.catalog,
+                            catalog_mass=unit.catalog_mass)
         from policykit.realera.engine import EngineOptions
 
         options = EngineOptions() if unit.shell_mass is None else EngineOptions(shell_mass=unit.shell_mass)

@@ -105,3 +105,9 @@ def test_the_retain_catalog_never_holds_an_entity_the_task_scores(name, world):
     policy = quality.policy_dict(task, "uce", catalog=True)
     assert [p["concept"] for p in policy["preserve"]] == list(task.preserve) + list(catalog)
     assert quality.policy_dict(task, "uce")["preserve"] == [{"concept": p} for p in task.preserve]
+    # with a mass, the catalog's names together weigh that many times the erased names
+    weighted = quality.policy_dict(task, "realera", catalog=True, catalog_mass=2.0)["preserve"][len(task.preserve):]
+    assert sum(p["weight"] for p in weighted) == pytest.approx(2.0 * len(task.erase), rel=1e-4)
+    assert quality.method_unit(name, "realera[catalog=1;catalog_mass=2]", 1).label() == "realera (+ catalog x2)"
+    with pytest.raises(SystemExit, match="needs catalog"):
+        quality.method_unit(name, "realera[catalog_mass=2]", 1)
