@@ -200,7 +200,8 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
         "defaults": {"neighbors": neighbors, "templates": list(task.templates or TEMPLATES)},
         "erase": [{"concept": e.concept, "anchor": e.anchor, "synonyms": list(e.synonyms),
                    "associated": list(e.associated)} for e in task.erase],
-        "preserve": [{"concept": p} for p in task.preserve] + _catalog(task, catalog, catalog_mass),
+        "preserve": [{"concept": p} for p in task.preserve],
+        **_catalog(task, catalog, catalog_mass),
         "training": {"method": method, "seed": 0, **_training(method, steps, learning_rate)},
         "audit": {"samples_per_prompt": samples_per_prompt, "probes": probes},
     }
@@ -213,18 +214,21 @@ def policy_dict(task: Task, method: str, *, radius: float = RADIUS, beyond: floa
     return policy
 
 
-def _catalog(task: Task, catalog: bool, mass: float | None) -> list[dict]:
-    """The catalog's preserve entries: weight 1 each (a peer then scales them by its own rule, e.g. UCE's
-    ``max(0.1, 1 / (1 + preserves))``), or ``mass`` times the erased names' count shared among them."""
+def _catalog(task: Task, catalog: bool, mass: float | None) -> dict:
+    """The policy's ``catalog`` (docs/policy-reference.md, "Catalogs"): every entity of builtin:emblems, of
+    which the compiler keeps those the task does not place (:func:`emblem_tasks.catalog_names`), each at
+    preserve weight ``mass x erased / names``; ``mass`` None: weight 1 each (a peer scales them by its own
+    rule, e.g. UCE's ``max(0.1, 1 / (1 + preserves))``). The benchmark judges its own prompts, so none of the
+    catalog is audited by the policy."""
     if not catalog:
-        return []
+        return {}
     if task.world != "builtin:emblems":
         raise SystemExit(f"task {task.name}: a retain catalog exists on builtin:emblems only")
     from emblem_tasks import catalog_names
 
-    names = catalog_names(task)
-    weight = 1.0 if mass is None else mass * len(task.erase) / len(names)
-    return [{"concept": n} if mass is None else {"concept": n, "weight": round(weight, 6)} for n in names]
+    if mass is None:
+        mass = len(catalog_names(task)) / len(task.erase)
+    return {"catalog": {"builtin": "builtin:emblems", "mass": mass, "audited": 0}}
 
 
 def _training(method: str, steps: int | None, learning_rate: float | None) -> dict:

@@ -109,6 +109,19 @@ class PlannedPreserve(_Frozen):
     weight: float
 
 
+class PlannedCatalog(_Frozen):
+    """A policy's catalog, resolved: its names are preserves of the plan (weight ``weight`` each); the
+    audit checks the ``audited`` ones only."""
+
+    names: tuple[str, ...]
+    builtin: str | None = None
+    mass: float
+    weight: float
+    #: Names of the catalog left out because the policy already says what to do with them.
+    left_out: tuple[str, ...] = ()
+    audited: tuple[str, ...] = ()
+
+
 class PlannedProbe(_Frozen):
     """An audit probe, with the concept the classifier looks for resolved."""
 
@@ -136,6 +149,8 @@ class Plan(_Frozen):
     probes: tuple[PlannedProbe, ...]
     stages: tuple[Stage, ...]
     output: OutputSettings
+    #: The policy's catalog (its names are among ``preserve``); None: the policy has none.
+    catalog: PlannedCatalog | None = None
     plan_hash: str = ""
 
     def stage(self, name: str) -> Stage | None:
@@ -151,7 +166,16 @@ class Plan(_Frozen):
         """The plan as plain JSON data, without ``plan_hash`` (what is hashed)."""
         data = self.model_dump(mode="json")
         data.pop("plan_hash")
+        if data.get("catalog") is None:  # a plan without a catalog hashes as it did before catalogs existed
+            data.pop("catalog", None)
         return data
+
+    def audited_preserves(self) -> tuple[PlannedPreserve, ...]:
+        """The preserves the audit checks: all but the catalog's names it does not sample."""
+        if self.catalog is None:
+            return self.preserve
+        skipped = set(self.catalog.names) - set(self.catalog.audited)
+        return tuple(p for p in self.preserve if p.concept not in skipped)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Plan":
@@ -175,12 +199,18 @@ def compute_plan_hash(body: dict[str, Any]) -> str:
 
 def plan_json(plan: Plan) -> str:
     """The plan as a JSON document: deterministic, byte-identical for equal plans."""
-    return json.dumps(plan.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+    data = plan.model_dump(mode="json")
+    if data.get("catalog") is None:  # written as before catalogs existed
+        data.pop("catalog", None)
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
 
 
 def policy_sha256(policy) -> str:
     """sha256 of the canonical JSON of a validated policy (comments and key order do not count)."""
-    return sha256_hex(canonical_json(policy.model_dump(mode="json", by_alias=True)).encode("ascii"))
+    data = policy.model_dump(mode="json", by_alias=True)
+    if data.get("catalog") is None:  # as before catalogs existed
+        data.pop("catalog", None)
+    return sha256_hex(canonical_json(data).encode("ascii"))
 
 
 def resolve_neighbors(entry, defaults) -> ResolvedNeighbors:
@@ -318,18 +348,61 @@ def compile_plan(loaded_or_policy, *, read_file: FileReader | None = None) -> Pl
         base_model=BaseModelInput(**policy.base_model.model_dump(mode="json")),
         toolkit_version=policykit.__version__,
     )
+    erase = tuple(resolve_concept(e, policy.defaults, i) for i, e in enumerate(policy.erase))
+    probes = tuple(PlannedProbe(prompt=p.prompt, expect=p.expect.value, concept=p.concept or p.prompt)
+                   for p in policy.audit.probes)
+    preserve = tuple(PlannedPreserve(concept=p.concept, weight=p.weight) for p in policy.preserve)
+    catalog = resolve_catalog(policy.catalog, erase, preserve, probes, policy.training.seed)
+    if catalog is not None:
+        preserve += tuple(PlannedPreserve(concept=n, weight=catalog.weight) for n in catalog.names)
     plan = Plan(
         inputs=inputs,
         method=policy.training.method.value,
         seed=policy.training.seed,
-        erase=tuple(resolve_concept(e, policy.defaults, i) for i, e in enumerate(policy.erase)),
-        preserve=tuple(PlannedPreserve(concept=p.concept, weight=p.weight) for p in policy.preserve),
-        probes=tuple(PlannedProbe(prompt=p.prompt, expect=p.expect.value, concept=p.concept or p.prompt)
-                     for p in policy.audit.probes),
+        erase=erase,
+        preserve=preserve,
+        probes=probes,
         stages=plan_stages(policy),
         output=OutputSettings(dir=policy.output.dir, signing_key=policy.output.signing_key),
+        catalog=catalog,
     )
     return plan.model_copy(update={"plan_hash": compute_plan_hash(plan.body())})
+
+
+def catalog_weight(mass: float, erase_entries: int, names: int) -> float:
+    """Preserve weight of each catalog name: ``mass`` times the erase entries, shared among the names."""
+    return round(mass * erase_entries / max(names, 1), 6)
+
+
+def resolve_catalog(catalog, erase, preserve, probes, seed: int) -> PlannedCatalog | None:
+    """A policy's catalog as the plan keeps it: its names (a builtin world's entities after the listed ones,
+    each once) less those the policy already places, erased, preserved or probed (a held-out probe must
+    stay held out, or it no longer measures what the edit was not told), the weight of each, and the
+    ``audited`` names the audit samples (seeded)."""
+    if catalog is None:
+        return None
+    names = list(catalog.names)
+    if catalog.builtin == "builtin:emblems":
+        from policykit.emblems.world import load_world
+
+        names += [e.name for e in load_world().entities]
+    from policykit.policy.schema import normalize_concept as _fold
+
+    placed = {_fold(p) for c in erase for p in (c.concept, *c.synonyms, *c.associated)}
+    placed |= {_fold(p.concept) for p in preserve} | {_fold(p.concept) for p in probes}
+    kept, left_out, seen = [], [], set()
+    for name in names:
+        key = _fold(name)
+        if key in seen:
+            continue
+        seen.add(key)
+        (left_out if key in placed else kept).append(name)
+    import random
+
+    audited = set(random.Random(seed).sample(kept, min(catalog.audited, len(kept))))
+    return PlannedCatalog(names=tuple(kept), builtin=catalog.builtin, mass=catalog.mass,
+                          weight=catalog_weight(catalog.mass, len(erase), len(kept)), left_out=tuple(left_out),
+                          audited=tuple(n for n in kept if n in audited))
 
 
 def _source_files(loaded, read_file: FileReader) -> tuple[SourceFile, ...]:

@@ -111,6 +111,9 @@ _PHRASES: dict[str, tuple[str, str]] = {
     "preserve-added": ("preserve added", "preserves added"),
     "preserve-removed": ("preserve removed", "preserves removed"),
     "preserve-weight-changed": ("preserve weight changed", "preserve weights changed"),
+    "catalog-added": ("catalog name added", "catalog names added"),
+    "catalog-removed": ("catalog name removed", "catalog names removed"),
+    "catalog-weight-changed": ("catalog weight changed", "catalog weight changed"),
     "probe-added": ("probe added", "probes added"),
     "probe-removed": ("probe removed", "probes removed"),
     "threshold-changed": ("audit threshold changed", "audit thresholds changed"),
@@ -133,7 +136,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                        "synonym-added", "synonym-removed", "associated-added", "associated-removed",
                        "radius-widened", "radius-narrowed", "beyond-radius-widened", "beyond-radius-narrowed",
                        "neighbors-changed", "strength-raised", "strength-lowered", "templates-changed"),
-    "Preserves": ("preserve-added", "preserve-removed", "preserve-weight-changed"),
+    "Preserves": ("preserve-added", "preserve-removed", "preserve-weight-changed", "catalog-added",
+                  "catalog-removed", "catalog-weight-changed"),
     "Audit": ("probe-added", "probe-removed", "threshold-changed"),
     "Training and stages": ("method-changed", "stage-added", "stage-removed", "stage-setting-changed",
                             "seed-changed", "output-changed", "plan-changed"),
@@ -265,9 +269,26 @@ def _diff_neighbors(name: str, a, b) -> list[Change]:
     return changes
 
 
+def _catalog_names(plan: Plan) -> set[str]:
+    return set() if getattr(plan, "catalog", None) is None else set(plan.catalog.names)
+
+
 def _diff_preserves(old: Plan, new: Plan) -> list[Change]:
+    """Preserves the policy lists, one change each; a catalog's names as names added or removed and one
+    weight change (its weight moves with every erase entry added, which is no news per name)."""
     changes = []
-    before, after = _by_concept(old.preserve), _by_concept(new.preserve)
+    old_catalog, new_catalog = _catalog_names(old), _catalog_names(new)
+    before = _by_concept([p for p in old.preserve if p.concept not in old_catalog])
+    after = _by_concept([p for p in new.preserve if p.concept not in new_catalog])
+    for name in sorted(new_catalog - old_catalog):
+        changes.append(Change("catalog-added", name, f"catalog keeps {name!r}", "catalog", None, name))
+    for name in sorted(old_catalog - new_catalog):
+        changes.append(Change("catalog-removed", name, f"catalog no longer keeps {name!r}", "catalog", name, None))
+    if old_catalog and new_catalog and old.catalog.weight != new.catalog.weight:
+        changes.append(Change("catalog-weight-changed", "catalog",
+                              f"catalog weight per name {old.catalog.weight:g} \u2192 {new.catalog.weight:g} "
+                              f"(mass {old.catalog.mass:g} \u2192 {new.catalog.mass:g}, {len(new_catalog)} names)",
+                              "weight", old.catalog.weight, new.catalog.weight))
     for key, item in after.items():
         if key not in before:
             changes.append(Change("preserve-added", item.concept, f"preserve {item.concept!r} (weight {item.weight:g})",

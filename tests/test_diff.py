@@ -98,7 +98,21 @@ CHANGES = [
     ("  id: builtin:shapes\n", "  id: builtin:shapes\n  sha256: " + "ab" * 32 + "\n", "base-model-pin-changed"),
     ("training:\n", "output:\n  dir: elsewhere\ntraining:\n", "output-changed"),
     ("version: 1.0.0", "version: 1.1.0", "version-bumped"),
+    ("training:\n", "catalog:\n  names: [green triangle, yellow star]\ntraining:\n", "catalog-added"),
 ]
+
+
+def test_a_catalog_diff_names_its_names_and_moves_its_weight_once(tmp_path):
+    with_catalog = edit(POLICY, "training:\n", "catalog:\n  names: [green triangle, yellow star, blue square]\n"
+                                                "training:\n")
+    fewer = edit(with_catalog, ", blue square]", "]")
+    diff = diff_texts(tmp_path, with_catalog, fewer)
+    counts = diff.counts()
+    # one name removed; the other two now share the same mass, so their weight moved, reported once
+    assert counts.get("catalog-removed") == 1 and counts.get("catalog-weight-changed") == 1, diff.changes
+    assert "preserve-weight-changed" not in counts and "preserve-removed" not in counts
+    heavier = edit(with_catalog, "catalog:\n", "catalog:\n  mass: 4\n")
+    assert diff_texts(tmp_path, with_catalog, heavier).counts() == {"catalog-weight-changed": 1}
 
 
 @pytest.mark.parametrize("old, new, kind", CHANGES)

@@ -102,12 +102,15 @@ def test_the_retain_catalog_never_holds_an_entity_the_task_scores(name, world):
     unit = quality.method_unit(name, "uce[catalog=1]", 1)
     assert unit.catalog and unit.label() == "uce (+ catalog)"
     assert unit.key() != quality.method_unit(name, "uce", 1).key()
-    policy = quality.policy_dict(task, "uce", catalog=True)
-    assert [p["concept"] for p in policy["preserve"]] == list(task.preserve) + list(catalog)
-    assert quality.policy_dict(task, "uce")["preserve"] == [{"concept": p} for p in task.preserve]
+    # the policy's catalog, as the compiler resolves it, is exactly the task's catalog: the names it leaves
+    # out are those the task scores
+    plan = quality.compile_task(task, "uce", catalog=True)
+    assert [p.concept for p in plan.preserve] == list(task.preserve) + list(catalog)
+    assert plan.catalog.names == catalog and plan.catalog.weight == 1.0 and not plan.catalog.audited
+    assert "catalog" not in quality.policy_dict(task, "uce")
     # with a mass, the catalog's names together weigh that many times the erased names
-    weighted = quality.policy_dict(task, "realera", catalog=True, catalog_mass=2.0)["preserve"][len(task.preserve):]
-    assert sum(p["weight"] for p in weighted) == pytest.approx(2.0 * len(task.erase), rel=1e-4)
+    weighted = quality.compile_task(task, "realera", catalog=True, catalog_mass=2.0).preserve[len(task.preserve):]
+    assert sum(p.weight for p in weighted) == pytest.approx(2.0 * len(task.erase), rel=1e-4)
     assert quality.method_unit(name, "realera[catalog=1;catalog_mass=2]", 1).label() == "realera (+ catalog x2)"
     with pytest.raises(SystemExit, match="needs catalog"):
         quality.method_unit(name, "realera[catalog_mass=2]", 1)

@@ -382,3 +382,59 @@ def test_a_bare_policy_compiles_without_source_hashes(tmp_path):
     assert from_policy.inputs.sources == () and from_loaded.inputs.sources[0].path == "policy.yaml"
     assert from_policy.erase == from_loaded.erase and from_policy.stages == from_loaded.stages
     assert from_policy.plan_hash != from_loaded.plan_hash
+
+
+CATALOG = """\
+catalog:
+  names: [green triangle, Mickey  mouse, yellow star, blue circle, an apple, purple cross, yellow star]
+  mass: 1.5
+  audited: 2
+"""
+
+
+def test_a_catalog_preserves_its_names_at_the_mass_rule_and_audits_a_sample(tmp_path):
+    from policykit.audit.sampling import audit_prompts
+
+    plan = compiled(write(tmp_path, edit(POLICY, "training:\n", CATALOG + "training:\n")))
+    catalog = plan.catalog
+    # what the policy already places (erased, preserved, a probe's prompt and concept) is left out, a name
+    # listed twice is kept once, compared as the loader compares concepts
+    assert catalog.names == ("green triangle", "yellow star", "an apple", "purple cross")
+    assert catalog.left_out == ("Mickey  mouse", "blue circle")
+    assert catalog.weight == pytest.approx(1.5 * 2 / 4)
+    catalogued = [p for p in plan.preserve if p.concept in catalog.names]
+    assert [p.concept for p in plan.preserve[:1]] == ["blue circle"] and len(catalogued) == 4
+    assert {p.weight for p in catalogued} == {catalog.weight}
+    # the audit checks the listed preserve and the sample, drawn with the training seed
+    assert len(catalog.audited) == 2 and set(catalog.audited) <= set(catalog.names)
+    preserved = {p.concept for p in audit_prompts(plan) if p.role == "preserved"}
+    assert preserved == {"blue circle", *catalog.audited}
+    again = compiled(write(tmp_path / "again", edit(POLICY, "training:\n", CATALOG + "training:\n")))
+    assert again.catalog.audited == catalog.audited
+    other_seed = edit(edit(POLICY, "  seed: 3\n", "  seed: 4\n"), "training:\n", CATALOG + "training:\n")
+    assert compiled(write(tmp_path / "seed", other_seed)).catalog.names == catalog.names
+
+
+def test_a_plan_without_a_catalog_hashes_and_writes_as_before_catalogs(tmp_path):
+    plan = compiled(write(tmp_path))
+    assert plan.catalog is None and "catalog" not in plan.body() and '"catalog"' not in plan_json(plan)
+    assert Plan.from_json(plan_json(plan)) == plan
+    with_catalog = compiled(write(tmp_path / "c", edit(POLICY, "training:\n", CATALOG + "training:\n")))
+    assert Plan.from_json(plan_json(with_catalog)) == with_catalog
+
+
+def test_a_catalog_needs_names_or_a_world(tmp_path, capsys):
+    path = write(tmp_path, edit(POLICY, "training:\n", "catalog:\n  mass: 2\ntraining:\n"))
+    assert main(["validate", str(path)]) != 0
+    assert "a catalog needs names" in capsys.readouterr().out
+
+
+def test_a_builtin_catalog_is_every_entity_of_the_world_but_the_placed_ones(tmp_path):
+    from policykit.emblems.world import load_world
+
+    names = [e.name for e in load_world().entities]
+    text = edit(POLICY, "  id: builtin:shapes\n", "  id: builtin:emblems\n")
+    text = edit(text, "  - concept: Mickey Mouse\n", f"  - concept: {names[0]}\n")
+    plan = compiled(write(tmp_path, edit(text, "training:\n", "catalog:\n  builtin: builtin:emblems\ntraining:\n")))
+    assert plan.catalog.names == tuple(names[1:]) and plan.catalog.left_out == (names[0],)
+    assert plan.catalog.weight == pytest.approx(round(2.0 * 2 / (len(names) - 1), 6))

@@ -52,6 +52,15 @@ def test_a_concept_the_world_cannot_mean_is_an_error_at_its_line(tmp_path, capsy
     assert "circle" in diagnostics[0]["message"] and "apple" in diagnostics[0]["message"]  # what it does know
 
 
+def test_a_catalog_name_the_world_cannot_mean_is_an_error_at_its_line(tmp_path, capsys):
+    path = write(tmp_path, "erase:\n  - concept: red circle\ncatalog:\n  names:\n    - blue circle\n"
+                           "    - a blue dog\n")
+    code, diagnostics = validate_json(path, capsys)
+    assert code == 1
+    assert where(diagnostics) == [("unknown-concept", 13, 7, "error")]
+    assert "catalog name 'a blue dog' means nothing" in diagnostics[0]["message"]
+
+
 def test_a_probe_without_concept_is_judged_by_its_whole_prompt(tmp_path, capsys):
     path = write(tmp_path, "erase:\n  - concept: red circle\naudit:\n  probes:\n"
                            "    - prompt: a photo of a crimson disc\n      expect: erased\n"

@@ -216,15 +216,23 @@ def _print_summary(plan, status: str, explanation: str, limit: int | None = MAX_
     _add_more_row(concepts, hidden)
     console.print(concepts)
 
-    if plan.preserve:
+    catalog = getattr(plan, "catalog", None)
+    listed = plan.preserve if catalog is None else tuple(p for p in plan.preserve if p.concept not in set(catalog.names))
+    if listed:
         preserves = Table(title="Preserve", title_justify="left")
         preserves.add_column("concept")
         preserves.add_column("weight", justify="right")
-        shown, hidden = _shown(plan.preserve, limit)
+        shown, hidden = _shown(listed, limit)
         for p in shown:
             preserves.add_row(p.concept, f"{p.weight:g}")
         _add_more_row(preserves, hidden)
         console.print(preserves)
+    if catalog is not None:
+        console.print(f"Catalog: {len(catalog.names)} names preserved at weight {catalog.weight:g} each "
+                      f"(mass {catalog.mass:g} x {len(plan.erase)} erase entries), {len(catalog.audited)} of them "
+                      f"audited" + (f"; {len(catalog.left_out)} left out, the policy already places them: "
+                                    f"{', '.join(catalog.left_out[:5])}{', ...' if len(catalog.left_out) > 5 else ''}"
+                                    if catalog.left_out else ""))
     if plan.probes:
         probes = Table(title="Audit probes", title_justify="left")
         for column in ("prompt", "concept", "expect"):

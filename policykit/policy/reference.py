@@ -84,6 +84,36 @@ Rules for the files:
 - `policykit diff --against GITREV` reads a policy and its bases from git.
 """
 
+_CATALOGS = """\
+## Catalogs: names to keep without listing each as a preserve
+
+A brand list erases dozens of names; the model knows thousands more that
+must survive. `preserve` says "keep this, and audit it"; a `catalog` says
+"keep all of these" for a long list, at a cost that does not grow with it:
+
+```yaml
+extends:
+  - catalogs/our-brands.yaml      # catalog: {names: [...]} - one list, shared by policies
+catalog:
+  mass: 2.0                       # the names together weigh 2 x the erase entries
+  audited: 10                     # the audit checks 10 of them, drawn with the training seed
+```
+
+- Every name becomes a preserve of the plan at weight
+  `mass x erase entries / names`: the same rule the closed form's vocabulary
+  phrases follow, so a catalog of 1,000 names does not drown an erasure of 10.
+  (`uce` and `mace` weigh preserves by their authors' own rules.)
+- A name the policy already places (an erased concept, synonym or associated
+  phrase, a preserve, or an audit probe's concept) is left out of the catalog:
+  a held-out probe stays held out, so it still measures what the edit was
+  not told. `policykit plan` prints what was left out.
+- `builtin: builtin:emblems` adds every named entity of that built-in world.
+- `policykit diff` lists catalog names added or removed, and the weight per
+  name once (it moves with every erase entry added).
+- Measured on builtin:emblems: docs/benchmarks.md, "Erasing many concepts",
+  the `+ catalog` rows.
+"""
+
 _LIMITS = f"""\
 ## Limits and safety
 
@@ -293,7 +323,9 @@ def render_reference() -> str:
     parts = [_HEADER, "## Contents\n"]
     for model, paths in sections:
         parts.append(f"- [{_title(paths)}](#{_anchor(model)})")
-    parts += ["- [`extends`: composing policies](#extends-composing-policies)",
+    parts += ["- [Catalogs: names to keep without listing each as a preserve]"
+              "(#catalogs-names-to-keep-without-listing-each-as-a-preserve)",
+              "- [`extends`: composing policies](#extends-composing-policies)",
               "- [Limits and safety](#limits-and-safety)",
               "- [Supported models](#supported-models)",
               "- [Diagnostic codes](#diagnostic-codes)",
@@ -301,7 +333,7 @@ def render_reference() -> str:
               "- [Editor setup](#editor-setup)", ""]
     for model, paths in sections:
         parts.append(_section(model, paths, schema))
-    parts += [_EXTENDS, _LIMITS, _MODELS, _codes(), _FORMAT, _EDITOR]
+    parts += [_CATALOGS, _EXTENDS, _LIMITS, _MODELS, _codes(), _FORMAT, _EDITOR]
     return "\n".join(parts).rstrip("\n") + "\n"
 
 

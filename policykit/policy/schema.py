@@ -179,6 +179,21 @@ class PreserveEntry(_Strict):
     weight: Annotated[float, Field(default=1.0, gt=0, le=100.0, description="How much keeping it matters, relative to other preserves.")] = 1.0
 
 
+class Catalog(_Strict):
+    """Names the model must keep, preserved together without listing each one as a preserve."""
+
+    names: Annotated[list[Phrase], Field(default_factory=list, max_length=MAX_LIST, description="Names to keep: a brand list, a cast, a roster. Put a long list in a file of its own and `extends:` it. A name the policy erases (or lists as a synonym, associated phrase, preserve or audit probe) is left out of the catalog.")]
+    builtin: Annotated[Literal["builtin:emblems"] | None, Field(default=None, description="Also every named entity of this built-in world.")] = None
+    mass: Annotated[float, Field(default=2.0, gt=0, le=1000.0, description="The catalog's names together weigh this many times the policy's erase entries (each name: mass x erase entries / names, as a preserve weight), so a long catalog does not drown the erasure.")] = 2.0
+    audited: Annotated[int, Field(default=10, ge=0, le=MAX_LIST, description="How many of the names the audit checks as preserves, drawn with the training seed; the edit preserves every name either way.")] = 10
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Catalog":
+        if not self.names and self.builtin is None:
+            raise ValueError("a catalog needs names, a builtin world, or both")
+        return self
+
+
 class ClosedForm(_Strict):
     """Stage 3: closed-form cross-attention refinement."""
 
@@ -281,6 +296,7 @@ class Policy(_Strict):
     defaults: Annotated[Defaults, Field(default_factory=Defaults, description="Values erase entries inherit.")]
     erase: Annotated[list[EraseEntry], Field(min_length=1, max_length=MAX_LIST, description="Concepts to erase.")]
     preserve: Annotated[list[PreserveEntry], Field(default_factory=list, max_length=MAX_LIST, description="Concepts that must survive.")]
+    catalog: Annotated[Catalog | None, Field(default=None, description="Names the model must keep, preserved together at a weight that keeps pace with the erasure, without auditing each (see docs/policy-reference.md, \"Catalogs\").")] = None
     training: Annotated[Training, Field(default_factory=Training, description="How the edit is computed.")]
     audit: Annotated[Audit, Field(default_factory=Audit, description="How the edit is checked.")]
     output: Annotated[Output, Field(default_factory=Output, description="Where the artifact goes.")]

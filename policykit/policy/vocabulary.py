@@ -61,6 +61,10 @@ def vocabulary_diagnostics(loaded: Any) -> list[Diagnostic]:
             if world.meaning(entry.concept) is None:
                 report("unknown-concept", f"{entry.concept!r} means nothing in {model}, {why}; {knows}",
                        (section, i, "concept"), "error" if judged else "warning")
+    for i, name in enumerate(policy.catalog.names if policy.catalog is not None else ()):
+        if world.meaning(name) is None:  # a catalog name is audited only when sampled: say so either way
+            report("unknown-concept", f"catalog name {name!r} means nothing in {model}, {why}; {knows}",
+                   ("catalog", "names", i), "error" if judged else "warning")
     if not judged:
         return found
 
