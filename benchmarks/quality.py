@@ -252,10 +252,11 @@ def _engine_code_note(commits: list[str]) -> str:
         return ""
     if any(c.endswith("+dirty") or c == "unknown" for c in commits):
         return " (some measured with uncommitted changes under policykit/)"
-    same = all(subprocess.run(["git", "diff", "--quiet", commits[0], c, "--", "policykit"], cwd=ROOT).returncode == 0
-               for c in commits[1:])
-    return (", whose policykit/ trees are identical (they differ in benchmark scripts, tests and docs only)" if same
-            else ", WHOSE policykit/ TREES DIFFER")
+    differ = sorted({name for c in commits[1:] for name in subprocess.run(
+        ["git", "diff", "--name-only", commits[0], c, "--", "policykit"], cwd=ROOT, capture_output=True,
+        text=True).stdout.split()})
+    return (", whose policykit/ trees are identical (they differ in benchmark scripts, tests and docs only)"
+            if not differ else f", WHOSE policykit/ TREES DIFFER, in {', '.join(differ)}")
 
 
 def engine_version() -> int:
