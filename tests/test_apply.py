@@ -281,7 +281,9 @@ def test_interrupted_apply_leaves_nothing_loadable_and_rerun_resumes(tmp_path, t
     # still training when interrupted; no audit (this random model has no classifier the CLI could name)
     policy.write_text(policy.read_text().replace("steps: 2", "steps: 40").replace("audit:", "audit:\n  enabled: false"))
     cmd = [sys.executable, "-m", "policykit", "apply", str(policy), "--json", "--cache-dir", str(tmp_path / "cache")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    # a shell starts background jobs with SIGINT ignored, and the child would inherit that: give it the default
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if "closed_form_refinement: done" in line:
             break
