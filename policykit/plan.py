@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 import policykit
 from policykit.hashing import canonical_json, sha256_hex
 from policykit.policy.categories import resolve_anchor, resolve_templates
+from policykit.policy.schema import normalize_concept
 from policykit.realera.presets import METHOD_STAGES, preset_defaults
 # Stage names (in the order they run) and their settings live with the method, torch-free.
 from policykit.realera.settings import (AUDIT, BEYOND_CONCEPT_REGULARIZATION, CLOSED_FORM_REFINEMENT,
@@ -386,19 +388,15 @@ def resolve_catalog(catalog, erase, preserve, probes, seed: int) -> PlannedCatal
         from policykit.emblems.world import load_world
 
         names += [e.name for e in load_world().entities]
-    from policykit.policy.schema import normalize_concept as _fold
-
-    placed = {_fold(p) for c in erase for p in (c.concept, *c.synonyms, *c.associated)}
-    placed |= {_fold(p.concept) for p in preserve} | {_fold(p.concept) for p in probes}
+    placed = {normalize_concept(p) for c in erase for p in (c.concept, *c.synonyms, *c.associated)}
+    placed |= {normalize_concept(p.concept) for p in preserve} | {normalize_concept(p.concept) for p in probes}
     kept, left_out, seen = [], [], set()
     for name in names:
-        key = _fold(name)
+        key = normalize_concept(name)
         if key in seen:
             continue
         seen.add(key)
         (left_out if key in placed else kept).append(name)
-    import random
-
     audited = set(random.Random(seed).sample(kept, min(catalog.audited, len(kept))))
     return PlannedCatalog(names=tuple(kept), builtin=catalog.builtin, mass=catalog.mass,
                           weight=catalog_weight(catalog.mass, len(erase), len(kept)), left_out=tuple(left_out),
