@@ -201,9 +201,7 @@ def compute_plan_hash(body: dict[str, Any]) -> str:
 
 def plan_json(plan: Plan) -> str:
     """The plan as a JSON document: deterministic, byte-identical for equal plans."""
-    data = plan.model_dump(mode="json")
-    if data.get("catalog") is None:  # written as before catalogs existed
-        data.pop("catalog", None)
+    data = {**plan.body(), "plan_hash": plan.plan_hash}  # body(): without a catalog, as before catalogs existed
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
 
 

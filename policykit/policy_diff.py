@@ -270,7 +270,7 @@ def _diff_neighbors(name: str, a, b) -> list[Change]:
 
 
 def _catalog_names(plan: Plan) -> set[str]:
-    return set() if getattr(plan, "catalog", None) is None else set(plan.catalog.names)
+    return set() if plan.catalog is None else set(plan.catalog.names)
 
 
 def _diff_preserves(old: Plan, new: Plan) -> list[Change]:

@@ -103,8 +103,7 @@ for v in json.loads(a.variants):
         keep = list(task.preserve) + [c for c in task.held_out_preserved if " " not in c]
         st["overrides"] = list(st.get("overrides", [])) + [["preserve", [{"concept": c} for c in keep]]]
     if v.get("catalog"):  # entities the task never judges (not erased, listed or held out), listed as preserves
-        judged = {e.concept for e in task.erase} | set(task.preserve) | set(task.held_out_preserved)
-        cat = [e.name for e in world.entities if e.name not in judged][: int(v["catalog"])]
+        cat = list(ET.catalog_names(task))[: int(v["catalog"])]
         st["overrides"] = list(st.get("overrides", [])) + [
             ["preserve", [{"concept": c} for c in list(task.preserve) + cat]]]
     import policykit.realera.encoding as EN2

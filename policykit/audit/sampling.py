@@ -57,8 +57,7 @@ def audit_prompts(plan) -> list[AuditPrompt]:
             prompts.append(AuditPrompt(fill_template(templates[(i + 1) % len(templates)], phrase), concept.concept,
                                        role))
     templates = list(plan.erase[0].templates) if plan.erase else ["{}"]
-    preserves = plan.audited_preserves() if hasattr(plan, "audited_preserves") else plan.preserve
-    for i, preserve in enumerate(preserves):
+    for i, preserve in enumerate(plan.audited_preserves()):
         prompts.append(AuditPrompt(fill_template(templates[i % len(templates)], preserve.concept), preserve.concept,
                                    "preserved"))
     for probe in plan.probes:

@@ -216,8 +216,9 @@ def _print_summary(plan, status: str, explanation: str, limit: int | None = MAX_
     _add_more_row(concepts, hidden)
     console.print(concepts)
 
-    catalog = getattr(plan, "catalog", None)
-    listed = plan.preserve if catalog is None else tuple(p for p in plan.preserve if p.concept not in set(catalog.names))
+    catalog = plan.catalog
+    catalogued = set() if catalog is None else set(catalog.names)
+    listed = tuple(p for p in plan.preserve if p.concept not in catalogued)
     if listed:
         preserves = Table(title="Preserve", title_justify="left")
         preserves.add_column("concept")
