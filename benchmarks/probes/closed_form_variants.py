@@ -17,7 +17,9 @@ same way), ``"eos"`` erases only the EOS leak position, ``"last_eos"`` both;
 (a prefix of one, a suffix of another) are preserved beside the vocabulary;
 ``oracle``: every entity the task keeps is listed as a preserve (a capacity
 check); ``catalog``: N entities the task never judges are listed as preserves
-beside its own (does a list of *other* names keep the unnamed ones?). Task ``adhoc-e60`` is 60 entities of the dev pool (5 listed, 15 held out).
+beside its own (does a list of *other* names keep the unnamed ones?). Task ``adhoc-e60`` is 60 entities of the dev pool (5 listed, 15 held out);
+``adhoc-all-e100`` is 100 of all 160 in a draw no test task uses, for capacity checks only (it chooses no
+setting: its held-out entities may be test-pool entities).
 
     python benchmarks/probes/closed_form_variants.py --task adhoc-e60 --k 1 --kk 3 \
         --variants '[{"method": "realera-cf"}, {"span": "last"}, {"oracle": true}]'
@@ -25,7 +27,7 @@ beside its own (does a list of *other* names keep the unnamed ones?). Task ``adh
 import sys, json, time, argparse, os
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "probes"), str(ROOT)]
 import numpy as np, torch
 from quality import compile_task, _task
 from policykit.emblems.sampling import load_pipeline, sample_images
@@ -41,7 +43,9 @@ ap.add_argument("--threads", type=int, default=1)
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 import emblem_tasks as ET
-if a.task.startswith("adhoc-"):
+if a.task.startswith("adhoc-all-"):  # a capacity check beyond the dev pool's 80 (a draw no test task uses)
+    size = int(a.task.split("-e")[1]); task = ET._task("dev", size, 9, ET.pools()["dev"] + ET.pools()["test"])
+elif a.task.startswith("adhoc-"):
     size = int(a.task.split("-e")[1]); task = ET._task("dev", size, 0, ET.pools()["dev"])
 else:
     task = _task(a.task)
@@ -128,6 +132,13 @@ for v in json.loads(a.variants):
             skip.add(phrase.lower()); rec.append(phrase)
         return out + rec
     EN2.vocabulary_phrases = _vocab
+    if v.get("method") == "none":  # the text-encoder edit alone (below)
+        from contextlib import nullcontext
+        from text_encoder_edit import text_encoder_edit
+        with text_encoder_edit(pipe, task, **v.get("text_encoder", {})):
+            after = sample_images(pipe, prompts, seed=0)
+        print(json.dumps(v), summary(shows(after)), f"total {time.time()-t0:.0f}s", flush=True)
+        continue
     plan = compile_task(task, v.get("method", "realera-cf"), **st)
     if v.get("patch"):
         import policykit.realera.settings as S
@@ -146,6 +157,9 @@ for v in json.loads(a.variants):
         p2 = pipe; apply_edit(p2, edit); after = sample_images(p2, prompts, seed=0)
         pipe = load_pipeline()
     else:
-        with torch.no_grad(), temporary_edit(pipe.unet, edit.weights):
+        from contextlib import nullcontext
+        from text_encoder_edit import text_encoder_edit
+        te = text_encoder_edit(pipe, task, **v["text_encoder"]) if "text_encoder" in v else nullcontext()
+        with te, torch.no_grad(), temporary_edit(pipe.unet, edit.weights):
             after = sample_images(pipe, prompts, seed=0)
     print(json.dumps(v), summary(shows(after)), f"edit {te:.0f}s total {time.time()-t0:.0f}s", info, flush=True)
