@@ -114,3 +114,21 @@ def test_the_retain_catalog_never_holds_an_entity_the_task_scores(name, world):
     assert quality.method_unit(name, "realera[catalog=1;catalog_mass=2]", 1).label() == "realera (+ catalog x2)"
     with pytest.raises(SystemExit, match="needs catalog"):
         quality.method_unit(name, "realera[catalog_mass=2]", 1)
+
+
+def test_plan_identity_hashes_each_stored_plan_and_a_changed_setting_changes_its_hash(tmp_path, capsys):
+    import json
+
+    import plan_identity
+
+    unit = {"task": "test-e1-d0", "method": "uce", "samples_per_prompt": 4}
+    for name, overrides in (("a", []), ("b", [["training.closed_form.lambda", 5.0]])):
+        folder = tmp_path / "test-e1-d0"
+        folder.mkdir(exist_ok=True)
+        (folder / f"uce-{name}.json").write_text(json.dumps({"unit": {**unit, "overrides": overrides}}))
+    (tmp_path / "test-e1-d0" / "base-x.json").write_text(json.dumps({"unit": {**unit, "method": "base"}}))
+    assert plan_identity.main(["--results", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["test-e1-d0/uce-a.json", "test-e1-d0/uce-b.json"]
+    (a_plan, a_eval), (b_plan, b_eval) = (line.split()[1:] for line in lines)
+    assert a_plan != b_plan and a_eval == b_eval
