@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         unit = quality.Unit(**{k: v for k, v in unit.items() if k in fields})
         task = quality._task(unit.task)
         overrides = tuple(tuple(o) if isinstance(o, list) else o for o in unit.overrides)
-        extra = {"catalog": unit.catalog, "catalog_mass": unit.catalog_mass} if "catalog" in fields else {}
+        extra = {k: getattr(unit, k) for k in ("catalog", "catalog_mass") if k in fields}
         plan = quality.compile_task(task, unit.method, radius=unit.radius,
                                     beyond=None if unit.beyond is None else unit.beyond * unit.radius,
                                     space=unit.space, samples_per_prompt=unit.samples_per_prompt,
