@@ -1,7 +1,8 @@
 """A dev probe, not a benchmark: closed-form what-if variants on one builtin:emblems dev task.
 
-Used to decide what *not* to build (the closing note of issue 13 quotes its
-numbers; no doc table does). It runs ``realera-cf`` (or another preset) on a
+Used to decide what *not* to build (docs/benchmarks.md quotes its numbers in
+words; no doc table does). Each variant's shares are appended to
+``benchmarks/results/probes/runs.jsonl`` with the engine version and commit. It runs ``realera-cf`` (or another preset) on a
 dev task, draws a few images per prompt with the same seeds before and after,
 and prints four shares, each among the images the base model got right:
 erased names still shown, held-out associated phrases still shown (residue),
@@ -78,6 +79,14 @@ def summary(s):
         else:
             out[g] = f"{ss[bs].mean()*100:.0f}% of {bs.sum()}"   # kept, among base right
     return out
+LOG = ROOT / "benchmarks" / "results" / "probes" / "runs.jsonl"
+def record(variant, result, seconds):
+    """Append one variant's shares to runs.jsonl, with the engine version and commit (what docs quote)."""
+    from quality import engine_version, git_commit
+    with open(LOG, "a") as f:
+        f.write(json.dumps({"task": a.task, "k": a.k, "kk": a.kk, "variant": variant, "shares": result,
+                            "seconds": round(seconds), "engine_version": engine_version(), "commit": git_commit(),
+                            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}) + "\n")
 print("base", summary(b), flush=True)
 for v in json.loads(a.variants):
     t0 = time.time()
@@ -137,7 +146,8 @@ for v in json.loads(a.variants):
         from text_encoder_edit import text_encoder_edit
         with text_encoder_edit(pipe, task, **v.get("text_encoder", {})):
             after = sample_images(pipe, prompts, seed=0)
-        print(json.dumps(v), summary(shows(after)), f"total {time.time()-t0:.0f}s", flush=True)
+        result = summary(shows(after)); record(v, result, time.time() - t0)
+        print(json.dumps(v), result, f"total {time.time()-t0:.0f}s", flush=True)
         continue
     plan = compile_task(task, v.get("method", "realera-cf"), **st)
     if v.get("patch"):
@@ -162,4 +172,5 @@ for v in json.loads(a.variants):
         te = text_encoder_edit(pipe, task, **v["text_encoder"]) if "text_encoder" in v else nullcontext()
         with te, torch.no_grad(), temporary_edit(pipe.unet, edit.weights):
             after = sample_images(pipe, prompts, seed=0)
-    print(json.dumps(v), summary(shows(after)), f"edit {te:.0f}s total {time.time()-t0:.0f}s", info, flush=True)
+    result = summary(shows(after)); record(v, result, time.time() - t0)
+    print(json.dumps(v), result, f"edit {te:.0f}s total {time.time()-t0:.0f}s", info, flush=True)
