@@ -2,7 +2,7 @@
 
 Used to decide what *not* to build (docs/benchmarks.md quotes its numbers in
 words; no doc table does). Each variant's shares are appended to
-``benchmarks/results/probes/runs.jsonl`` with the engine version and commit. It runs ``realera-cf`` (or another preset) on a
+``benchmarks/results/probe-runs.jsonl`` with the engine version and commit. It runs ``realera-cf`` (or another preset) on a
 dev task, draws a few images per prompt with the same seeds before and after,
 and prints four shares, each among the images the base model got right:
 erased names still shown, held-out associated phrases still shown (residue),
@@ -79,9 +79,9 @@ def summary(s):
         else:
             out[g] = f"{ss[bs].mean()*100:.0f}% of {bs.sum()}"   # kept, among base right
     return out
-LOG = ROOT / "benchmarks" / "results" / "probes" / "runs.jsonl"
+LOG = ROOT / "benchmarks" / "results" / "probe-runs.jsonl"
 def record(variant, result, seconds):
-    """Append one variant's shares to runs.jsonl, with the engine version and commit (what docs quote)."""
+    """Append one variant's shares to probe-runs.jsonl, with the engine version and commit (what docs quote)."""
     from quality import engine_version, git_commit
     with open(LOG, "a") as f:
         f.write(json.dumps({"task": a.task, "k": a.k, "kk": a.kk, "variant": variant, "shares": result,
