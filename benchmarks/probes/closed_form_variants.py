@@ -2,8 +2,9 @@
 
 Used to decide what *not* to build (docs/benchmarks.md quotes its numbers in
 words; no doc table does). Each variant's shares are appended to
-``benchmarks/results/probe-runs.jsonl`` with the engine version and commit. It runs ``realera-cf`` (or another preset) on a
-dev task, draws a few images per prompt with the same seeds before and after,
+``benchmarks/results/probe-runs.jsonl`` with the engine version and commit.
+
+It runs ``realera-cf`` (or another preset) on a dev task, draws a few images per prompt with the same seeds before and after,
 and prints four shares, each among the images the base model got right:
 erased names still shown, held-out associated phrases still shown (residue),
 unnamed held-out entities kept, listed preserves kept.
