@@ -10,13 +10,16 @@ erased names still shown, held-out associated phrases still shown (residue),
 unnamed held-out entities kept, listed preserves kept.
 
 Variants are JSON objects; besides policy ``settings`` (``overrides``: dotted
-policy paths) and ``options`` (:class:`EngineOptions`), three of them patch
+policy paths) and ``options`` (:class:`EngineOptions`), some of them patch
 the engine's internals for the run, which is why this is a probe:
 ``span``: ``"last"`` erases only the last token of a multi-token phrase (not
 its prefix, which a causal encoder shares with every phrase that starts the
 same way), ``"eos"`` erases only the EOS leak position, ``"last_eos"`` both;
 ``recomb``: N phrases recombined from the erased phrases' token pieces
 (a prefix of one, a suffix of another) are preserved beside the vocabulary;
+``na_teacher: "base"``: noise alignment's teacher is the U-Net before the closed form (its delta taken
+off), not the refined one, so its preserve terms would repair what the closed form moved; ``patch``
+changes a compiled stage's settings (``{"noise_alignment": {"steps": 600}}``);
 ``oracle``: every entity the task keeps is listed as a preserve (a capacity
 check); ``catalog``: N entities the task never judges are listed as preserves
 beside its own (does a list of *other* names keep the unnamed ones?). Task ``adhoc-e60`` is 60 entities of the dev pool (5 listed, 15 held out);
@@ -150,6 +153,24 @@ for v in json.loads(a.variants):
         result = summary(shows(after)); record(v, result, time.time() - t0)
         print(json.dumps(v), result, f"total {time.time()-t0:.0f}s", flush=True)
         continue
+    import policykit.realera.edit as ED
+    import policykit.realera.noise_alignment as NA
+    if not hasattr(NA, "_orig_teacher"):
+        NA._orig_teacher, ED._orig_temporary_edit = NA.NoiseAlignmentTrainer.teacher, ED.temporary_edit
+    NA.NoiseAlignmentTrainer.teacher, ED.temporary_edit = NA._orig_teacher, ED._orig_temporary_edit
+    if v.get("na_teacher") == "base":  # noise alignment learns the U-Net before the closed form (see the docstring)
+        from contextlib import contextmanager
+        seen = {}
+        @contextmanager
+        def _recording_edit(unet, delta):
+            seen["delta"] = delta
+            with ED._orig_temporary_edit(unet, delta):
+                yield
+        @contextmanager
+        def _base_teacher(self):
+            with NA._orig_teacher(self), ED._orig_temporary_edit(self.unet, {k: -d for k, d in seen["delta"].items()}):
+                yield
+        ED.temporary_edit, NA.NoiseAlignmentTrainer.teacher = _recording_edit, _base_teacher
     plan = compile_task(task, v.get("method", "realera-cf"), **st)
     if v.get("patch"):
         import policykit.realera.settings as S
