@@ -13,7 +13,12 @@ compare the outputs::
 
 Results with a retain catalog are skipped with ``--skip-catalog`` (use it
 on both sides when one tree predates the catalog; such a tree skips them
-anyway). Each output line is
+anyway). A catalog measured by the benchmark before the policy language had
+one was a list of preserves; the policy's ``catalog`` writes the same
+preserves plus a summary block that no stage reads. ``--engine-view`` hashes
+only what the engine reads (the stages with their settings, the erase and
+preserve lists with their weights), so such results can be compared across
+that change. Each output line is
 ``<task>/<result file> <plan sha256[:16]> <evaluation plan sha256[:16]>``.
 """
 from __future__ import annotations
@@ -34,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree", default=str(HERE.parent), help="the checkout whose compiler to use (default: this one)")
     ap.add_argument("--results", default=str(HERE / "results" / "emblems"), help="stored results, one folder per task")
     ap.add_argument("--skip-catalog", action="store_true", help="leave out results measured with a catalog")
+    ap.add_argument("--engine-view", action="store_true",
+                    help="hash only the stages, erase and preserve lists (what the engine reads)")
     args = ap.parse_args(argv)
     sys.path[:0] = [str(Path(args.tree) / "benchmarks"), str(args.tree)]
     import quality
@@ -41,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     from policykit.plan import plan_json
 
     fields = {f.name for f in dataclasses.fields(quality.Unit)}
-    digest = lambda plan: hashlib.sha256(plan_json(plan).encode()).hexdigest()[:16]  # noqa: E731
+    def digest(plan) -> str:
+        text = plan_json(plan)
+        if args.engine_view:
+            body = json.loads(text)
+            text = json.dumps({k: body.get(k) for k in ("stages", "erase", "preserve")}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     for path in sorted(glob.glob(str(Path(args.results) / "*" / "*.json"))):
         unit = json.load(open(path)).get("unit")
         if not unit or unit["method"] == "base" or (unit.get("catalog") and (args.skip_catalog or "catalog" not in fields)):

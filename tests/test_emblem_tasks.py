@@ -132,3 +132,6 @@ def test_plan_identity_hashes_each_stored_plan_and_a_changed_setting_changes_its
     assert [line.split()[0] for line in lines] == ["test-e1-d0/uce-a.json", "test-e1-d0/uce-b.json"]
     (a_plan, a_eval), (b_plan, b_eval) = (line.split()[1:] for line in lines)
     assert a_plan != b_plan and a_eval == b_eval
+    assert plan_identity.main(["--results", str(tmp_path), "--engine-view"]) == 0
+    (a_view, _), (b_view, _) = (line.split()[1:] for line in capsys.readouterr().out.splitlines())
+    assert a_view != b_view and a_view != a_plan
