@@ -480,7 +480,9 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
     eval_plan, prompt_set, before = _evaluation(task, unit.samples_per_prompt, results, pipe)
     classifier = task_classifier(task.world)
     record: dict = {"unit": asdict(unit), "label": unit.label(), "prompts": len(prompt_set.prompts),
-                    "engine_version": engine_version(), "commit": git_commit()}
+                    "engine_version": engine_version(), "commit": git_commit(),
+                    # the machine's load when the unit started and ended: its timings read beside them
+                    "load": [round(x, 2) for x in os.getloadavg()]}
     if unit.method == "base":
         images, seconds, stages = before, 0.0, {}
     else:
@@ -512,7 +514,7 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
     # the unit's process is its own (run_units), so this is the peak of the model, edit and audit together
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     record.update({"metrics": _shares(outcomes), "edit_seconds": round(seconds, 2), "stages": stages,
-                   "peak_rss_mb": round(peak),
+                   "peak_rss_mb": round(peak), "load_at_end": [round(x, 2) for x in os.getloadavg()],
                    "threads": threads,
                    "per_prompt": [{"prompt": o.prompt, "role": o.role, "hits": o.hits, "images": o.images}
                                   for o in outcomes]})
