@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from policykit.plan import plan_json
 
     fields = {f.name for f in dataclasses.fields(quality.Unit)}
+
     def digest(plan) -> str:
         text = plan_json(plan)
         if args.engine_view:
@@ -57,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in sorted(glob.glob(str(Path(args.results) / "*" / "*.json"))):
         unit = json.load(open(path)).get("unit")
-        if not unit or unit["method"] == "base" or (unit.get("catalog") and (args.skip_catalog or "catalog" not in fields)):
+        catalog_unsupported = args.skip_catalog or "catalog" not in fields
+        if not unit or unit["method"] == "base" or (unit.get("catalog") and catalog_unsupported):
             continue
         unit = quality.Unit(**{k: v for k, v in unit.items() if k in fields})
         task = quality._task(unit.task)
         overrides = tuple(tuple(o) if isinstance(o, list) else o for o in unit.overrides)
         extra = {k: getattr(unit, k) for k in ("catalog", "catalog_mass") if k in fields}
+        # measure()'s own call, written out: an older checkout's quality.py has no shared helper to call
         plan = quality.compile_task(task, unit.method, radius=unit.radius,
                                     beyond=None if unit.beyond is None else unit.beyond * unit.radius,
                                     space=unit.space, samples_per_prompt=unit.samples_per_prompt,

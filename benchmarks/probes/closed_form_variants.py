@@ -4,8 +4,8 @@ Used to decide what *not* to build (docs/benchmarks.md quotes its numbers in
 words; no doc table does). Each variant's shares are appended to
 ``benchmarks/results/probe-runs.jsonl`` with the engine version and commit.
 
-It runs ``realera-cf`` (or another preset) on a dev task, draws a few images per prompt with the same seeds before and after,
-and prints four shares, each among the images the base model got right:
+It runs ``realera-cf`` (or another preset) on a dev task, draws a few images
+per prompt with the same seeds before and after, and prints four shares, each among the images the base model got right:
 erased names still shown, held-out associated phrases still shown (residue),
 unnamed held-out entities kept, listed preserves kept.
 
@@ -17,14 +17,18 @@ its prefix, which a causal encoder shares with every phrase that starts the
 same way), ``"eos"`` erases only the EOS leak position, ``"last_eos"`` both;
 ``recomb``: N phrases recombined from the erased phrases' token pieces
 (a prefix of one, a suffix of another) are preserved beside the vocabulary;
-``na_teacher: "base"``: noise alignment's teacher is the U-Net before the closed form (its delta taken
-off), not the refined one, so its preserve terms would repair what the closed form moved; ``patch``
-changes a compiled stage's settings (``{"noise_alignment": {"steps": 600}}``);
+``na_teacher: "base"``: noise alignment's teacher is the U-Net before the
+closed form (its delta taken off), not the refined one, so its preserve terms
+would repair what the closed form moved; ``patch`` changes a compiled stage's
+settings (``{"noise_alignment": {"steps": 600}}``);
 ``oracle``: every entity the task keeps is listed as a preserve (a capacity
 check); ``catalog``: N entities the task never judges are listed as preserves
-beside its own (does a list of *other* names keep the unnamed ones?). Task ``adhoc-e60`` is 60 entities of the dev pool (5 listed, 15 held out);
-``adhoc-all-e100`` is 100 of all 160 in a draw no test task uses, for capacity checks only (it chooses no
-setting: its held-out entities may be test-pool entities).
+beside its own (does a list of *other* names keep the unnamed ones?);
+``method: "none"`` with ``text_encoder`` (``text_encoder_edit.py``) erases in
+the text encoder instead. Task ``adhoc-e60`` is 60 entities of the dev pool
+(5 listed, 15 held out); ``adhoc-all-e100`` is 100 of all 160 in a draw no
+test task uses, for capacity checks only (it chooses no setting: its
+held-out entities may be test-pool entities).
 
     python benchmarks/probes/closed_form_variants.py --task adhoc-e60 --k 1 --kk 3 \
         --variants '[{"method": "realera-cf"}, {"span": "last"}, {"oracle": true}]'
@@ -146,7 +150,6 @@ for v in json.loads(a.variants):
         return out + rec
     EN2.vocabulary_phrases = _vocab
     if v.get("method") == "none":  # the text-encoder edit alone (below)
-        from contextlib import nullcontext
         from text_encoder_edit import text_encoder_edit
         with text_encoder_edit(pipe, task, **v.get("text_encoder", {})):
             after = sample_images(pipe, prompts, seed=0)

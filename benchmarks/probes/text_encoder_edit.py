@@ -84,13 +84,12 @@ def build_rows(pipe, task, vocabulary: int = 512, seed: int = 0, catalog: bool =
 def text_encoder_edit(pipe, task, *, steps: int = 400, rank: int = 8, lr: float = 1e-3, batch: int = 32,
                       keep_weight: float = 1.0, vocabulary: int = 512, seed: int = 0, catalog: bool = False,
                       log=print):
-    """Train a LoRA on ``pipe.text_encoder`` for ``task``; active inside the block, removed after."""
-    import torch
-    from peft import LoraConfig
-
+    """Train a LoRA on a copy of ``pipe.text_encoder`` for ``task``; the pipeline uses the copy inside the
+    block and its own text encoder again after."""
     import copy
 
-    from peft import inject_adapter_in_model
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
 
     original = pipe.text_encoder
     e_ids, e_tgt, e_mask, k_ids, k_tgt = build_rows(pipe, task, vocabulary, seed, catalog)
