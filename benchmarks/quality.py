@@ -69,6 +69,17 @@ BUILD_VERSION = 2  # bump when the way a result is measured changes (part of eve
 RESULTS = ROOT / "benchmarks" / "results" / "quality"
 #: The builtin:emblems suite (``--suite emblems``, benchmarks/emblem_tasks.py): its results, its methods.
 EMBLEM_RESULTS = ROOT / "benchmarks" / "results" / "emblems"
+#: The weights every result was measured on before results named their world's bytes: the shipped
+#: builtin:shapes, and revision 1 of builtin:emblems. Their keys omit the sha, so those results still resolve;
+#: a result on any other weights has the sha in its key and in its record (``world_sha256``), so a table can
+#: never take a result of one revision of a world for another.
+KEYLESS_WORLD_SHA256 = {
+    "builtin:shapes": "e1b95eb157498afe91a0ea7feedf35a0b4fb926c4e5ec3ac2c6d0fef2b0d1451",
+    "builtin:emblems": "124c20b425de5122073b57d393afae0eac54c8c7d88e5ae2646af68a663b6df3",
+}
+#: ``--world-sha256``: report the results of other weights of a task's world than those shipped (an earlier
+#: revision: its tables stay reproducible from the stored results). Measuring always uses the shipped weights.
+WORLD_SHA256_OVERRIDE: dict[str, str] = {}
 EMBLEM_METHODS = ("uce", "mace", "esd", "realera-no-bcr", "realera")
 
 
@@ -259,6 +270,42 @@ def _engine_code_note(commits: list[str]) -> str:
             if not differ else f", WHOSE policykit/ TREES DIFFER, in {', '.join(differ)}")
 
 
+_world_sha256_cache: dict[str, str] = {}
+
+
+def world_sha256(world: str) -> str:
+    """The sha256 of the weights a task's world is measured on (``--world-sha256``, else those shipped)."""
+    if world in WORLD_SHA256_OVERRIDE:
+        return WORLD_SHA256_OVERRIDE[world]
+    if world not in _world_sha256_cache:
+        from policykit.models import resolve_model
+
+        _world_sha256_cache[world] = resolve_model(world).sha256()
+    return _world_sha256_cache[world]
+
+
+def _world_note(task_list) -> str:
+    """Names the weights of each world in a table (every result in it was measured on them)."""
+    worlds = sorted({t.world for t in task_list})
+    return "; ".join(f"{w} weights sha256 {world_sha256(w)[:16]}" + (
+        "" if world_sha256(w) == _shipped_sha256(w) else " (an earlier revision, not the one shipped)")
+        for w in worlds)
+
+
+def _world_args() -> str:
+    """The ``--world-sha256`` arguments a report was given (to print with the command that writes it)."""
+    return "".join(f" --report-only --world-sha256 {w}={sha}" for w, sha in sorted(WORLD_SHA256_OVERRIDE.items()))
+
+
+def _shipped_sha256(world: str) -> str:
+    override = WORLD_SHA256_OVERRIDE.pop(world, None)
+    try:
+        return world_sha256(world)
+    finally:
+        if override is not None:
+            WORLD_SHA256_OVERRIDE[world] = override
+
+
 def engine_version() -> int:
     from policykit.realera.engine import ENGINE_VERSION
 
@@ -323,8 +370,12 @@ class Unit:
                   and not (k == "overrides" and not v) and not (k == "catalog" and not v)}
         if self.method == "realera":
             fields["shell_mass"] = self.effective_shell_mass()
+        task = _task(self.task)
+        sha = world_sha256(task.world)
+        if sha != KEYLESS_WORLD_SHA256.get(task.world):
+            fields["world_sha256"] = sha
         body = json.dumps({"v": BUILD_VERSION, "engine": engine_version(), **fields,
-                           "task_definition": _task(self.task).definition()}, sort_keys=True)
+                           "task_definition": task.definition()}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def effective_shell_mass(self) -> float:
@@ -420,7 +471,8 @@ def _evaluation(task: Task, samples_per_prompt: int, results: Path, pipe):
 
     plan = compile_task(task, "realera", samples_per_prompt=samples_per_prompt)
     prompt_set = audit_prompt_set(plan, pipe)
-    path = results / "base-images" / f"{task.name}-{plan.plan_hash[:16]}-{samples_per_prompt}.npy"
+    path = (results / "base-images"
+            / f"{task.name}-{world_sha256(task.world)[:12]}-{plan.plan_hash[:16]}-{samples_per_prompt}.npy")
     if path.is_file():
         before = np.load(path)
     else:
@@ -476,11 +528,14 @@ def measure(unit: Unit, results: Path, threads: int = 1) -> dict:
 
     torch.set_num_threads(threads)
     task = _task(unit.task)
+    if task.world in WORLD_SHA256_OVERRIDE:
+        raise SystemExit("--world-sha256 only reports stored results: measuring uses the shipped weights")
     pipe = _load_base_pipeline(task.world)
     eval_plan, prompt_set, before = _evaluation(task, unit.samples_per_prompt, results, pipe)
     classifier = task_classifier(task.world)
     record: dict = {"unit": asdict(unit), "label": unit.label(), "prompts": len(prompt_set.prompts),
                     "engine_version": engine_version(), "commit": git_commit(),
+                    "world_sha256": world_sha256(task.world),
                     # the machine's load when the unit started and ended: its timings read beside them
                     "load": [round(x, 2) for x in os.getloadavg()]}
     if unit.method == "base":
@@ -791,7 +846,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="measure again even where a result is stored")
     parser.add_argument("--report-only", action="store_true", help="only print and write what is stored")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
+    parser.add_argument("--world-sha256", metavar="WORLD=SHA256", action="append", default=[],
+                        help="with --report-only: report the results measured on other weights of WORLD than "
+                             "those shipped (an earlier revision, e.g. builtin:emblems=124c20b4...)")
     args = parser.parse_args(argv)
+    for pair in args.world_sha256:
+        world, _, sha = pair.partition("=")
+        if not args.report_only:
+            raise SystemExit("--world-sha256 reports stored results only: give --report-only too")
+        if not world or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
+            raise SystemExit(f"--world-sha256 takes WORLD=SHA256 (64 hex digits), not {pair!r}")
+        WORLD_SHA256_OVERRIDE[world] = sha.lower()
 
     from report import header, markdown_table, text_table, write_section
 
@@ -891,7 +956,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     threads = sorted({r.get("threads", 1) for r in done.values()})
     commits = sorted({r.get("commit", "unknown") for r in done.values() if r["unit"]["method"] != "base"})
-    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--report-only", "--no-write")]
+    # the command as it would measure the table (a report of an earlier world revision can only be a report)
+    hidden = ("--no-write",) if args.world_sha256 else ("--report-only", "--no-write")
+    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a not in hidden]
     times = sorted(_result_path(u, args.results).stat().st_mtime for u in done if _result_path(u, args.results).is_file())
     window = ""
     if times:
@@ -901,7 +968,7 @@ def main(argv: list[str] | None = None) -> int:
         window = f" Results measured between {fmt(times[0])} and {fmt(times[-1])} UTC."
     parts = [
         header(shown) + window + f" Engine version {engine_version()}, code at commit(s) {', '.join(commits)}"
-        + _engine_code_note(commits) + ".",
+        + _engine_code_note(commits) + ". Measured on " + _world_note(task_list) + ".",
         f"{len(task_list)} tasks x {len(methods) + 1} models, "
         f"{'4, 2 and 1 images per prompt at 1, 10 and 50-100 entities' if callable(args.samples) else args.samples}"
         f"{'' if callable(args.samples) else ' images per prompt'}, the pixel-truth "
@@ -941,8 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
     if emblems and hundred:  # README's "How well it works" quotes the 100-entity row of every method
         write_section("emblems-e100", "\n\n".join([
             f"100 entities of builtin:emblems erased by name at once (test task `test-e100`; engine version "
-            f"{engine_version()}, code at {', '.join(commits)}{_engine_code_note(commits)}; written by `python benchmarks/quality.py --suite "
-            "emblems`; [docs/benchmarks.md](docs/benchmarks.md#erasing-many-concepts-builtinemblems) has "
+            f"{engine_version()}, code at {', '.join(commits)}{_engine_code_note(commits)}; measured on {_world_note(task_list)}; "
+            f"written by `python benchmarks/quality.py --suite emblems{_world_args()}`; [docs/benchmarks.md](docs/benchmarks.md#erasing-many-concepts-builtinemblems) has "
             "every task):",
             markdown_table(headers, hundred, align="ll" + "r" * (len(headers) - 2))]), doc=ROOT / "README.md")
     print(f"quality: wrote {path.relative_to(ROOT)}", file=sys.stderr)

@@ -87,6 +87,43 @@ def test_unit_keys_change_with_every_setting():
     assert base.key() == quality.Unit("pair", "realera").key()
 
 
+def test_a_result_on_other_weights_of_its_world_has_a_key_of_its_own(monkeypatch):
+    unit = quality.Unit("pair", "realera")
+    keyless = unit.key()
+    assert quality.world_sha256("builtin:shapes") == quality.KEYLESS_WORLD_SHA256["builtin:shapes"]
+    monkeypatch.setitem(quality.WORLD_SHA256_OVERRIDE, "builtin:shapes", "ab" * 32)
+    assert unit.key() != keyless
+    monkeypatch.setitem(quality.WORLD_SHA256_OVERRIDE, "builtin:shapes", "cd" * 32)
+    assert len({keyless, unit.key(), quality.Unit("pair", "realera").key()}) == 2
+    with pytest.raises(SystemExit, match="only reports"):
+        quality.measure(unit, Path("unused"))
+
+
+def test_every_stored_result_is_found_under_the_weights_it_names(monkeypatch):
+    """A stored result's file name is the key of the unit it records, on the weights it was measured on
+    (results from before ``world_sha256`` was recorded: the keyless weights), so a report finds every one."""
+    import json
+
+    folder = quality.EMBLEM_RESULTS  # builtin:shapes' stored results are of engine version 4 (see below)
+    records = [(f, json.loads(f.read_text())) for f in sorted(folder.glob("*/*.json"))]
+    # an engine version is part of every key: results of an earlier engine are reported by that engine's code
+    current = [(f, r) for f, r in records if r["engine_version"] == quality.engine_version()]
+    assert len(current) >= 100
+    for file, record in current:
+        unit = quality.Unit(**{**record["unit"], "overrides": tuple(record["unit"].get("overrides", ()))})
+        world = quality._task(unit.task).world
+        sha = record.get("world_sha256", quality.KEYLESS_WORLD_SHA256[world])
+        monkeypatch.setitem(quality.WORLD_SHA256_OVERRIDE, world, sha)
+        assert file.name == f"{unit.method}-{unit.key()}.json", file
+
+
+def test_world_sha256_is_for_reports_only():
+    with pytest.raises(SystemExit, match="--report-only"):
+        quality.main(["--world-sha256", "builtin:shapes=" + "ab" * 32])
+    with pytest.raises(SystemExit, match="64 hex digits"):
+        quality.main(["--report-only", "--world-sha256", "builtin:shapes=abc"])
+
+
 def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nprose\n", encoding="utf-8")
