@@ -849,6 +849,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-sha256", metavar="WORLD=SHA256", action="append", default=[],
                         help="with --report-only: report the results measured on other weights of WORLD than "
                              "those shipped (an earlier revision, e.g. builtin:emblems=124c20b4...)")
+    parser.add_argument("--section",
+                        help="write the tables to this section of docs/benchmarks.md (bench:<name>) instead of the "
+                             "suite's own, and leave README alone: a partial table beside the full one")
     args = parser.parse_args(argv)
     for pair in args.world_sha256:
         world, _, sha = pair.partition("=")
@@ -1003,9 +1006,9 @@ def main(argv: list[str] | None = None) -> int:
     name = ("emblems-" + splits.pop() if len(splits) == 1 else "emblems") if emblems else "quality"
     if styles_only:  # the style and object tasks are a table of their own (their columns judge other things)
         name += "-styles"
-    path = write_section(name, "\n\n".join(parts))
+    path = write_section(args.section or name, "\n\n".join(parts))
     hundred = [r for r in rows if r[0] == "test-e100"]
-    if emblems and hundred:  # README's "How well it works" quotes the 100-entity row of every method
+    if emblems and hundred and not args.section:  # README's "How well it works" quotes the 100-entity row of every method
         write_section("emblems-e100", "\n\n".join([
             f"100 entities of builtin:emblems erased by name at once (test task `test-e100`; engine version "
             f"{engine_version()}, code at {', '.join(commits)}{_engine_code_note(commits)}; measured on {_world_note(task_list)}; "

@@ -161,12 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     """Measure an emblems model and print markdown tables (and optionally save the sample picture)."""
     from policykit.emblems.sampling import GUIDANCE_SCALE, MODEL_DIR, SAMPLING_STEPS, load_pipeline
 
+    def count(text: str) -> int:
+        # every kind of prompt is part of the verdict, so none may be skipped (0 images has no accuracy)
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, not {value}: every kind is measured")
+        return value
+
     parser = argparse.ArgumentParser(prog="python -m policykit.emblems.quality", description=main.__doc__)
     parser.add_argument("--model", type=Path, default=MODEL_DIR)
-    parser.add_argument("--images-per-entity", type=int, default=10)
-    parser.add_argument("--images-per-phrase", type=int, default=2)
-    parser.add_argument("--images-per-pattern", type=int, default=32)
-    parser.add_argument("--images-per-object", type=int, default=2)
+    parser.add_argument("--images-per-entity", type=count, default=10)
+    parser.add_argument("--images-per-phrase", type=count, default=2)
+    parser.add_argument("--images-per-pattern", type=count, default=32)
+    parser.add_argument("--images-per-object", type=count, default=2)
     parser.add_argument("--entities", type=int, help="measure only the first N entities")
     parser.add_argument("--picture", type=Path, help="write a PNG of sampled entity images here")
     parser.add_argument("--world-picture", type=Path, help="write a PNG of clean renders (no model needed) and stop")
