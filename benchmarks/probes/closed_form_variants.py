@@ -2,7 +2,7 @@
 
 Used to decide what *not* to build (docs/benchmarks.md quotes its numbers in
 words; no doc table does). Each variant's shares are appended to
-``benchmarks/results/probe-runs.jsonl`` with the engine version and commit.
+``benchmarks/results/probe-runs.jsonl`` with the engine version, commit and the world's weights.
 
 It runs ``realera-cf`` (or another preset) on a dev task, draws a few images
 per prompt with the same seeds before and after, and prints four shares, each among the images the base model got right:
@@ -72,7 +72,9 @@ def shows(images):
     for img, c in zip(images, concepts):
         out.append(clf.shows(img[None], c)[0])
     return np.array(out)
-base_path = ROOT / "benchmarks" / "results" / "probes" / f"base-{a.task}-{a.k}-{a.kk}.npy"
+from quality import world_sha256  # noqa: E402  (the base images are of the shipped weights: cached under their sha)
+WORLD = world_sha256("builtin:emblems")
+base_path = ROOT / "benchmarks" / "results" / "probes" / f"base-{a.task}-{a.k}-{a.kk}-{WORLD[:12]}.npy"
 base_path.parent.mkdir(parents=True, exist_ok=True)
 if os.path.exists(base_path): before = np.load(base_path)
 else:
@@ -94,7 +96,7 @@ def record(variant, result, seconds):
     with open(LOG, "a") as f:
         f.write(json.dumps({"task": a.task, "k": a.k, "kk": a.kk, "variant": variant, "shares": result,
                             "seconds": round(seconds), "engine_version": engine_version(), "commit": git_commit(),
-                            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}) + "\n")
+                            "world_sha256": WORLD, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}) + "\n")
 print("base", summary(b), flush=True)
 for v in json.loads(a.variants):
     t0 = time.time()
