@@ -124,6 +124,21 @@ def test_world_sha256_is_for_reports_only():
         quality.main(["--report-only", "--world-sha256", "builtin:shapes=abc"])
 
 
+def test_a_named_section_takes_the_tables_and_readme_is_left_alone(monkeypatch):
+    written = []
+    monkeypatch.setattr(report, "write_section", lambda name, markdown, doc=None: written.append((name, doc))
+                        or quality.ROOT / "docs" / "benchmarks.md")
+    assert quality.main(["--suite", "emblems", "--tasks", "test-e100", "--methods", "uce", "--report-only",
+                         "--world-sha256", "builtin:emblems=" + quality.KEYLESS_WORLD_SHA256["builtin:emblems"],
+                         "--section", "a-partial-table"]) == 0
+    assert written == [("a-partial-table", None)]
+    written.clear()
+    quality.main(["--suite", "emblems", "--tasks", "test-e100", "--methods", "uce", "--report-only",
+                  "--world-sha256", "builtin:emblems=" + quality.KEYLESS_WORLD_SHA256["builtin:emblems"]])
+    assert [name for name, _ in written] == ["emblems-test", "emblems-e100"]  # the suite's own, and README's
+    assert written[1][1] == quality.ROOT / "README.md"
+
+
 def test_write_section_replaces_its_own_block_and_keeps_the_rest(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nprose\n", encoding="utf-8")
