@@ -34,6 +34,7 @@ the sweep's plot to docs/images/quality-sweep.png (needs matplotlib:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -270,40 +271,30 @@ def _engine_code_note(commits: list[str]) -> str:
             if not differ else f", WHOSE policykit/ TREES DIFFER, in {', '.join(differ)}")
 
 
-_world_sha256_cache: dict[str, str] = {}
+@functools.lru_cache(maxsize=None)
+def shipped_world_sha256(world: str) -> str:
+    """The sha256 of the weights of ``world`` that this checkout ships."""
+    from policykit.models import resolve_model
+
+    return resolve_model(world).sha256()
 
 
 def world_sha256(world: str) -> str:
     """The sha256 of the weights a task's world is measured on (``--world-sha256``, else those shipped)."""
-    if world in WORLD_SHA256_OVERRIDE:
-        return WORLD_SHA256_OVERRIDE[world]
-    if world not in _world_sha256_cache:
-        from policykit.models import resolve_model
-
-        _world_sha256_cache[world] = resolve_model(world).sha256()
-    return _world_sha256_cache[world]
+    return WORLD_SHA256_OVERRIDE.get(world) or shipped_world_sha256(world)
 
 
 def _world_note(task_list) -> str:
     """Names the weights of each world in a table (every result in it was measured on them)."""
     worlds = sorted({t.world for t in task_list})
     return "; ".join(f"{w} weights sha256 {world_sha256(w)[:16]}" + (
-        "" if world_sha256(w) == _shipped_sha256(w) else " (an earlier revision, not the one shipped)")
+        "" if world_sha256(w) == shipped_world_sha256(w) else " (an earlier revision, not the one shipped)")
         for w in worlds)
 
 
 def _world_args() -> str:
     """The ``--world-sha256`` arguments a report was given (to print with the command that writes it)."""
     return "".join(f" --report-only --world-sha256 {w}={sha}" for w, sha in sorted(WORLD_SHA256_OVERRIDE.items()))
-
-
-def _shipped_sha256(world: str) -> str:
-    override = WORLD_SHA256_OVERRIDE.pop(world, None)
-    try:
-        return world_sha256(world)
-    finally:
-        if override is not None:
-            WORLD_SHA256_OVERRIDE[world] = override
 
 
 def engine_version() -> int:

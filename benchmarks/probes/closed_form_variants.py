@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "probes"), str(ROOT)]
 import numpy as np, torch
-from quality import compile_task, _task
+from quality import compile_task, _task, world_sha256
 from policykit.emblems.sampling import load_pipeline, sample_images
 from policykit.audit.classifiers import PixelTruthClassifier
 from policykit.realera.engine import run_plan, EngineOptions
@@ -72,8 +72,7 @@ def shows(images):
     for img, c in zip(images, concepts):
         out.append(clf.shows(img[None], c)[0])
     return np.array(out)
-from quality import world_sha256  # noqa: E402  (the base images are of the shipped weights: cached under their sha)
-WORLD = world_sha256("builtin:emblems")
+WORLD = world_sha256("builtin:emblems")  # the base images are of the shipped weights: cached under their sha
 base_path = ROOT / "benchmarks" / "results" / "probes" / f"base-{a.task}-{a.k}-{a.kk}-{WORLD[:12]}.npy"
 base_path.parent.mkdir(parents=True, exist_ok=True)
 if os.path.exists(base_path): before = np.load(base_path)
