@@ -78,3 +78,40 @@ def test_the_measurement_refuses_a_kind_with_no_images():
 
     with pytest.raises(SystemExit):
         main(["--images-per-phrase", "0"])
+
+
+def test_the_measurement_refuses_to_write_a_partial_or_reseeded_run(capsys):
+    from policykit.emblems.quality import main
+
+    for argv in (["--write", "--entities", "3"], ["--write", "--names", "melkiv"], ["--write", "--seed", "7"],
+                 ["--entities", "3", "--names", "melkiv"], ["--names", "melkiv,nosuchbrand"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    assert "nosuchbrand" in capsys.readouterr().err
+
+
+def test_named_entities_are_measured_alone_under_the_given_seeds(monkeypatch, capsys):
+    """``--names`` measures only those entities, in the world's order; ``--seed`` moves every kind's seed."""
+    import numpy as np
+
+    import policykit.emblems.quality as quality
+    import policykit.emblems.sampling as sampling
+    from policykit.emblems.classify import EmblemReading
+
+    seen = []
+
+    def fake_run_cases(pipe, world, cases, seed=0, **_):
+        seen.append((cases[0].kind, seed, sorted({c.label for c in cases})))
+        readings = [EmblemReading(c.meaning.shape, c.meaning.colour, c.meaning.pattern, c.meaning.background,
+                                  c.meaning.entity) for c in cases]
+        return [quality.CaseResult(c, r) for c, r in zip(cases, readings)], np.zeros((len(cases), 48, 48, 3), np.uint8)
+
+    monkeypatch.setattr(quality, "run_cases", fake_run_cases)
+    monkeypatch.setattr(sampling, "load_pipeline", lambda path: None)
+    assert quality.main(["--names", "melkiv,tazmog", "--seed", "7", "--images-per-entity", "2"]) == 0
+    out = capsys.readouterr().out
+    assert [(kind, seed) for kind, seed, _ in seen] == [("name", 7), ("associated", 8), ("style", 9), ("object", 10)]
+    assert seen[0][2] == seen[1][2] == ["melkiv", "tazmog"]
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and " on " in line]
+    assert rows == ["tazmog", "melkiv"]  # the world's order: tazmog is its first entity
+    assert "seeds from 7" in out
