@@ -195,12 +195,11 @@ def main(argv: list[str] | None = None) -> int:
 
     world = load_world()
     if args.names:
-        known = {e.name: e for e in world.entities}
-        wanted = [n.strip() for n in args.names.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in known]
+        wanted = {n.strip() for n in args.names.split(",")} - {""}
+        unknown = sorted(wanted - {e.name for e in world.entities})
         if unknown or not wanted:
             parser.error(f"not entities of builtin:emblems: {', '.join(unknown) or args.names!r}")
-        entities = [e for e in world.entities if e.name in set(wanted)]  # in the world's order, as --entities
+        entities = [e for e in world.entities if e.name in wanted]  # in the world's order, as --entities
     else:
         entities = world.entities[:args.entities] if args.entities else world.entities
     if args.world_picture:
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     sampling = dict(steps=args.steps, guidance_scale=args.guidance)
-    seed = args.seed
+    seed = args.seed  # names; phrases, styles and objects follow it
     names, name_images = run_cases(pipe, world, name_cases(world, args.images_per_entity, entities), seed=seed,
                                    **sampling)
     phrases, _ = run_cases(pipe, world, associated_cases(world, args.images_per_phrase, entities), seed=seed + 1,
