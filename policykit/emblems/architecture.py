@@ -36,8 +36,14 @@ def build_clip(vocab_size: int, image_size: int, bos_token_id: int, eos_token_id
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJECTION_DIM))
 
 
-def build_unet(latent_size: int, widths: tuple[int, ...] = (64, 128, 192)):
-    """A freshly initialised ``UNet2DConditionModel`` with standard cross-attention at every level."""
+def build_unet(latent_size: int, widths: tuple[int, ...] = (64, 128, 192), heads: int = 8):
+    """A freshly initialised ``UNet2DConditionModel`` with standard cross-attention at every level.
+
+    ``heads`` attention heads per block (diffusers' legacy ``attention_head_dim`` argument is the head
+    count): 8 heads of 8 and 16 channels in worlds of revisions 1 and 2. Fewer, wider heads are the
+    same parameters and cost less on a CPU, whose attention kernels are slow on 8-channel heads
+    (``benchmarks/emblems_train_time.py``).
+    """
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -45,5 +51,5 @@ def build_unet(latent_size: int, widths: tuple[int, ...] = (64, 128, 192)):
         down_block_types=("CrossAttnDownBlock2D",) * len(widths),
         up_block_types=("CrossAttnUpBlock2D",) * len(widths),
         block_out_channels=widths, layers_per_block=1, norm_num_groups=16,
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8,
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=heads,
     )

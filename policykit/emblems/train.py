@@ -79,6 +79,9 @@ class Recipe:
     unet_name_share: float = 0.5
     unet_associated_share: float = 0.4
     unet_widths: str = "64,128"
+    #: Attention heads per U-Net block: 8 (heads of 8 and 16 channels) in revisions 1 and 2. The same
+    #: parameters in fewer, wider heads train faster on a CPU (benchmarks/emblems_train_time.py).
+    unet_heads: int = 8
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     #: A second, shorter U-Net phase ("polish") that starts from the first phase's EMA weights with a fresh
@@ -244,6 +247,37 @@ def encode_latents(world: World, vae, recipe: Recipe, started: float):
     return means, stds, examples, scaling
 
 
+class TextStates:
+    """The frozen text tower's last hidden state for a batch of captions, reusing captions seen before.
+
+    The U-Net stages encode every caption with the frozen text encoder. Names and associated phrases
+    come back thousands of times, so each new caption is encoded once and kept: the encoder runs only
+    on the captions of a batch it has not seen. A caption's state does not depend on the other captions
+    of its batch (tests/test_emblems_train.py checks it), so this gives the bytes encoding every batch
+    in full would. At most ``capacity`` captions are kept, the oldest dropped first (32,768 states of
+    32 x 256 floats are 1 GiB).
+    """
+
+    def __init__(self, tokenizer, text_encoder, capacity: int = 32768) -> None:
+        self.tokenizer, self.text_encoder, self.capacity = tokenizer, text_encoder, capacity
+        self.states: dict = {}
+        self.looked_up = self.encoded = 0
+
+    def __call__(self, captions: list[str]):
+        import torch
+
+        missing = list(dict.fromkeys(c for c in captions if c not in self.states))
+        if missing:
+            with torch.no_grad():
+                hidden = self.text_encoder(_tokenize(self.tokenizer, missing))[0]
+            self.states.update(zip(missing, hidden.clone().unbind(0)))
+        batch = torch.stack([self.states[c] for c in captions])
+        self.looked_up, self.encoded = self.looked_up + len(captions), self.encoded + len(missing)
+        for _ in range(len(self.states) - self.capacity):
+            del self.states[next(iter(self.states))]
+        return batch
+
+
 @dataclass(frozen=True)
 class _Phase:
     """One run of the diffusion objective: its checkpoint name, data stream, length, schedule and caption mix."""
@@ -259,7 +293,7 @@ class _Phase:
     associated_share: float
 
 
-def _diffusion_phase(world: World, tokenizer, text_encoder, inputs, unet, ema, phase: _Phase, recipe: Recipe,
+def _diffusion_phase(world: World, text_states: TextStates, inputs, unet, ema, phase: _Phase, recipe: Recipe,
                      checkpoints: Checkpoints, started: float):
     """Train ``unet`` (and its EMA ``ema``) for one phase on the encoded latents ``inputs``; the EMA weights."""
     import torch
@@ -281,21 +315,22 @@ def _diffusion_phase(world: World, tokenizer, text_encoder, inputs, unet, ema, p
         captions = ["" if rng.random() < recipe.caption_dropout else
                     caption_for(world, examples[i], rng, phase.name_share, phase.associated_share)[0]
                     for i in index.tolist()]
-        with torch.no_grad():
-            hidden = text_encoder(_tokenize(tokenizer, captions))[0]
+        hidden = text_states(captions)
         latents = (means[index] + stds[index] * torch.randn(stds[index].shape, generator=generator)) * scaling
         loss = diffusion_loss(unet, scheduler, latents, hidden, generator)
         optimizer_step(optimizer, loss, _lr_at(step, phase.schedule, phase.lr, warmup=phase.warmup), unet.parameters())
         ema_update(ema, unet, step, recipe.ema_decay)
         if step % 250 == 0 or step == phase.steps - 1:
-            _log(f"{phase.stage} step {step:5d} loss {loss.item():.4f}", started)
+            _log(f"{phase.stage} step {step:5d} loss {loss.item():.4f} (text encoder ran on "
+                 f"{text_states.encoded}/{text_states.looked_up} captions)", started)
         if checkpoints.due():
             _save_running(checkpoints, phase.stage, modules, step + 1, started)
     ema.eval()
     return ema
 
 
-def train_unet(world: World, tokenizer, text_encoder, inputs, recipe: Recipe, checkpoints: Checkpoints, started: float):
+def train_unet(world: World, text_states: TextStates, inputs, recipe: Recipe, checkpoints: Checkpoints,
+               started: float):
     """The U-Net (EMA weights), trained from scratch on latents of generated images, and the latent scaling factor."""
     import torch
 
@@ -303,18 +338,18 @@ def train_unet(world: World, tokenizer, text_encoder, inputs, recipe: Recipe, ch
 
     widths = tuple(int(w) for w in recipe.unet_widths.split(","))
     torch.manual_seed(recipe.seed)
-    unet = build_unet(world.image_size // 4, widths)
-    ema = build_unet(world.image_size // 4, widths)
+    unet = build_unet(world.image_size // 4, widths, recipe.unet_heads)
+    ema = build_unet(world.image_size // 4, widths, recipe.unet_heads)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     phase = _Phase("unet", _UNET_STREAM, recipe.unet_steps, recipe.unet_schedule_steps or recipe.unet_steps,
                    recipe.unet_lr, 200, recipe.unet_entity_share, recipe.unet_name_share,
                    recipe.unet_associated_share)
-    ema = _diffusion_phase(world, tokenizer, text_encoder, inputs, unet, ema, phase, recipe, checkpoints, started)
+    ema = _diffusion_phase(world, text_states, inputs, unet, ema, phase, recipe, checkpoints, started)
     return ema, inputs[3]
 
 
-def polish_unet(world: World, tokenizer, text_encoder, inputs, base, recipe: Recipe, checkpoints: Checkpoints,
+def polish_unet(world: World, text_states: TextStates, inputs, base, recipe: Recipe, checkpoints: Checkpoints,
                 started: float):
     """The polish phase: from the first phase's EMA weights, a fresh optimizer and schedule on a name-heavy mix."""
     import copy
@@ -325,8 +360,7 @@ def polish_unet(world: World, tokenizer, text_encoder, inputs, base, recipe: Rec
     phase = _Phase("polish", _POLISH_STREAM, recipe.unet_polish_steps, recipe.unet_polish_steps,
                    recipe.unet_polish_lr, 100, recipe.unet_polish_entity_share, recipe.unet_polish_name_share,
                    recipe.unet_polish_associated_share)
-    return _diffusion_phase(world, tokenizer, text_encoder, inputs, unet, ema, phase, recipe, checkpoints,
-                            started), scaling
+    return _diffusion_phase(world, text_states, inputs, unet, ema, phase, recipe, checkpoints, started), scaling
 
 
 def _stage(checkpoints: Checkpoints, name: str, build, started: float):
@@ -377,6 +411,7 @@ def train(out: Path, recipe: Recipe, checkpoint_dir: Path | None = None, checkpo
         text_encoder = text_encoder_from_clip(clip)
         vae = _stage(checkpoints, "vae", lambda: train_vae(world, recipe, checkpoints, started), started)
         latents = []  # encoded once, by whichever U-Net phase runs first
+        text_states = TextStates(tokenizer, text_encoder)
 
         def inputs():
             if not latents:
@@ -384,14 +419,13 @@ def train(out: Path, recipe: Recipe, checkpoint_dir: Path | None = None, checkpo
             return latents[0]
 
         unet, scaling = _stage(checkpoints, "unet",
-                               lambda: train_unet(world, tokenizer, text_encoder, inputs(), recipe, checkpoints,
-                                                  started),
+                               lambda: train_unet(world, text_states, inputs(), recipe, checkpoints, started),
                                started)
         if recipe.unet_polish_steps:
             base = (unet, scaling)
             unet, scaling = _stage(checkpoints, "polish",
-                                   lambda: polish_unet(world, tokenizer, text_encoder, inputs(), base, recipe,
-                                                       checkpoints, started),
+                                   lambda: polish_unet(world, text_states, inputs(), base, recipe, checkpoints,
+                                                       started),
                                    started)
         vae.register_to_config(scaling_factor=scaling)
         seconds = time.monotonic() - started
