@@ -29,20 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def cpu() -> str:
-    """The CPU's model name and its widest vector instructions (AVX-512 roughly doubles these kernels)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        import platform
-
-        return platform.processor() or "unknown CPU"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name} ({vector})"
-
-
 def per_step(run, warmup: int, steps: int) -> float:
     """Seconds per step: ``run(n)`` runs a stage for n steps, first ``warmup`` (untimed: first-call costs), then ``steps``.
 
@@ -104,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("CLIP", clip_s, recipe.clip_steps), ("VAE", vae_s, recipe.vae_steps),
             ("latents", None, recipe.unet_images), ("U-Net", unet_s, recipe.unet_steps),
             ("polish", unet_s, recipe.unet_polish_steps)]
-    print(f"{cpu()}, {recipe.threads} threads; recipe: unet_heads {recipe.unet_heads}, unet_batch {recipe.unet_batch}")
+    print(f"{T.machine()}; {recipe.threads} threads; recipe: unet_heads {recipe.unet_heads}, unet_batch {recipe.unet_batch}")
     total = 0.0
     for name, seconds, count in rows:
         minutes = (latents_s if seconds is None else seconds * count) / 60

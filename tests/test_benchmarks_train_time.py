@@ -29,9 +29,11 @@ def test_it_projects_every_stage_and_sums_them(capsys, monkeypatch):
     total = float(re.search(r"total\s+([\d.]+) min", out).group(1))
     assert abs(total - sum(minutes.values())) <= 0.3  # each row is rounded to 0.1
     assert minutes["polish"] * 2 == pytest.approx(minutes["U-Net"], abs=0.15)  # same rate, half the steps
-    assert "2 threads; recipe: unet_heads 2, unet_batch 2" in out
+    assert "; 2 threads; recipe: unet_heads 2, unet_batch 2" in out and "torch " in out
 
 
-def test_cpu_names_the_vector_width():
-    name = _load().cpu()
-    assert isinstance(name, str) and name
+def test_the_machine_line_names_the_cpu_and_the_libraries():
+    from policykit.emblems.train import machine
+
+    line = machine()
+    assert "torch " in line and "transformers " in line and "diffusers " in line and "numpy " in line

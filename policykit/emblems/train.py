@@ -96,6 +96,31 @@ class Recipe:
     unet_polish_associated_share: float = 0.35
 
 
+def machine() -> str:
+    """This machine's CPU, its widest vector instructions and the libraries that set a run's bytes.
+
+    The recipe's bytes repeat on one machine and one set of library versions; another CPU kind (an
+    AVX2 one against an AVX-512 one) or another version can pick other kernels and round differently
+    (docs/builtin-emblems.md, "Checkpoints and determinism"). The training log opens with this line.
+    """
+    import platform
+
+    import diffusers
+    import torch
+    import transformers
+
+    name, flags = platform.processor() or "unknown CPU", []
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    except OSError:
+        pass
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "vector width unknown"
+    return (f"{name} ({vector}); torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"diffusers {diffusers.__version__}, numpy {np.__version__}")
+
+
 def _generator(recipe: Recipe, stream: int, step: int):
     import torch
 
@@ -404,6 +429,7 @@ def train(out: Path, recipe: Recipe, checkpoint_dir: Path | None = None, checkpo
     torch.set_num_threads(recipe.threads)
     try:
         started = time.monotonic()
+        _log(f"{machine()}; {recipe.threads} threads", started)
         checkpoints = Checkpoints(checkpoint_dir, recipe, checkpoint_minutes)
         world = load_world()
         tokenizer = build_tokenizer(world.words(), list(world.syllables))
