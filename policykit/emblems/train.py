@@ -20,8 +20,9 @@ entities and resumable:
 Every step draws its data and noise from generators seeded by (seed, stage,
 step), so a run stopped at a checkpoint (``--checkpoint-dir``, written every
 ``--checkpoint-minutes``) and restarted with the same command continues to
-the same bytes. The defaults reproduce the shipped ``policykit/emblems/model``
-(docs/builtin-emblems.md says how long it took).
+the same bytes on the same kind of machine (another CPU kind rounds
+differently: ``machine()``). The defaults reproduce the shipped
+``policykit/emblems/model`` there (docs/builtin-emblems.md says how long it took).
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ class TextStates:
     The U-Net stages encode every caption with the frozen text encoder. Names and associated phrases
     come back thousands of times, so each new caption is encoded once and kept: the encoder runs only
     on the captions of a batch it has not seen. A caption's state does not depend on the other captions
-    of its batch (tests/test_emblems_train.py checks it), so this gives the bytes encoding every batch
+    of its batch (tests/test_emblems_text_states.py checks it), so this gives the bytes encoding every batch
     in full would. At most ``capacity`` captions are kept, the oldest dropped first (32,768 states of
     32 x 256 floats are 1 GiB).
     """
