@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("CLIP", clip_s, recipe.clip_steps), ("VAE", vae_s, recipe.vae_steps),
             ("latents", None, recipe.unet_images), ("U-Net", unet_s, recipe.unet_steps),
             ("polish", unet_s, recipe.unet_polish_steps)]
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
     print(f"{T.machine()}; {recipe.threads} threads; recipe: unet_heads {recipe.unet_heads}, unet_batch {recipe.unet_batch}")
+    print(f"  load average {load} (other jobs on the machine slow every stage)")
     total = 0.0
     for name, seconds, count in rows:
         minutes = (latents_s if seconds is None else seconds * count) / 60
