@@ -13,9 +13,12 @@ recipe's own code (``policykit.emblems.train``) and projects the full run:
 The text encoder's cache starts cold in so short a run, so the projection
 counts more text-encoder passes than a full run makes: it errs long. Prints
 numbers; asserts nothing. Every recipe knob of ``python -m
-policykit.emblems.train`` can be given, to project another recipe:
+policykit.emblems.train`` can be given, to project another recipe; ``--write``
+puts the table into docs/benchmarks.md, in a section of its own per recipe
+(``emblems-train-time``, or with the knobs that differ from the shipped
+recipe's appended, e.g. ``emblems-train-time-unet-heads-2``):
 
-    python benchmarks/emblems_train_time.py [--steps 30] [--threads 2] [--unet-heads 2 ...]
+    python benchmarks/emblems_train_time.py [--steps 30] [--threads 2] [--unet-heads 2 ...] [--write]
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps run first")
     parser.add_argument("--latent-images", type=int, default=1024)
     parser.add_argument("--budget-minutes", type=float, default=120.0)
+    parser.add_argument("--write", action="store_true", help="also write the table into docs/benchmarks.md")
     defaults = Recipe(threads=2)
     for name, value in asdict(defaults).items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
@@ -87,20 +91,29 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         T._log = quiet
 
-    rows = [("CLIP", clip_s, recipe.clip_steps), ("VAE", vae_s, recipe.vae_steps),
-            ("latents", None, recipe.unet_images), ("U-Net", unet_s, recipe.unet_steps),
-            ("polish", unet_s, recipe.unet_polish_steps)]
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
-    print(f"{T.machine()}; {recipe.threads} threads; recipe: unet_heads {recipe.unet_heads}, unet_batch {recipe.unet_batch}")
-    print(f"  load average {load} (other jobs on the machine slow every stage)")
-    total = 0.0
-    for name, seconds, count in rows:
+    from report import header, markdown_table, text_table, write_section
+
+    stages = [("CLIP", clip_s, recipe.clip_steps), ("VAE", vae_s, recipe.vae_steps),
+              ("latents", None, recipe.unet_images), ("U-Net", unet_s, recipe.unet_steps),
+              ("polish", unet_s, recipe.unet_polish_steps)]
+    rows, total = [], 0.0
+    for name, seconds, count in stages:
         minutes = (latents_s if seconds is None else seconds * count) / 60
         total += minutes
-        rate = f"{latents_s / count * 1000:7.2f} ms/image" if seconds is None else f"{seconds:7.3f} s/step "
-        print(f"  {name:8s} {rate} x {count:6d} = {minutes:6.1f} min")
-    print(f"  total    {total:6.1f} min (budget {args.budget_minutes:.0f} min; "
-          f"text encoder ran on {states.encoded}/{states.looked_up} captions in the timed U-Net steps)")
+        rate = f"{latents_s / count * 1000:.2f} ms/image" if seconds is None else f"{seconds:.3f} s/step"
+        rows.append([name, rate, f"{count:,}", f"{minutes:.1f}"])
+    rows.append(["total", "", "", f"{total:.1f}"])
+    changed = {k.replace("_", "-"): v for k, v in asdict(recipe).items() if v != getattr(defaults, k)}
+    headers = ["stage", "time", "steps or images", "minutes"]
+    notes = (f"{T.machine()}; {recipe.threads} threads. Recipe: the shipped one"
+             + "".join(f" --{k} {v}" for k, v in changed.items()) + f"; budget {args.budget_minutes:.0f} min. "
+             f"The text encoder ran on {states.encoded}/{states.looked_up} captions in the timed U-Net steps "
+             "(a full run reuses more).")
+    opening = f"{header(argv)}\n{notes}\n\n"
+    print(opening + text_table(headers, rows))
+    if args.write:
+        name = "-".join(["emblems-train-time", *(f"{k}-{v}" for k, v in changed.items())])
+        print(f"wrote section {name} of {write_section(name, opening + markdown_table(headers, rows))}")
     return 0
 
 

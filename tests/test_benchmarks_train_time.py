@@ -8,28 +8,38 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--steps", "1", "--warmup", "1", "--clip-batch", "8", "--vae-batch", "2", "--unet-batch", "2",
+        "--latent-images", "4", "--unet-widths", "32,64", "--unet-heads", "2", "--unet-steps", "100",
+        "--unet-polish-steps", "50"]
 
 
-def _load():
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports its sibling report.py, as when run as a script
+    monkeypatch.setattr(sys, "argv", ["benchmarks/emblems_train_time.py"])
     spec = importlib.util.spec_from_file_location("bench_train_time", BENCHMARKS / "emblems_train_time.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_it_projects_every_stage_and_sums_them(capsys, monkeypatch):
-    bench = _load()
-    monkeypatch.setattr(sys, "argv", ["x"])
-    assert bench.main(["--steps", "1", "--warmup", "1", "--clip-batch", "8", "--vae-batch", "2", "--unet-batch", "2",
-                       "--latent-images", "4", "--unet-widths", "32,64", "--unet-heads", "2", "--unet-steps", "100",
-                       "--unet-polish-steps", "50"]) == 0
+def test_it_projects_every_stage_sums_them_and_writes_one_section_per_recipe(bench, capsys, monkeypatch):
+    import report
+
+    written = {}
+    monkeypatch.setattr(report, "write_section", lambda name, markdown: written.setdefault(name, markdown))
+    assert bench.main(TINY + ["--write"]) == 0
     out = capsys.readouterr().out
-    minutes = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(\S+)\s.*=\s+([\d.]+) min", out, re.M)}
-    assert set(minutes) == {"CLIP", "VAE", "latents", "U-Net", "polish"}
-    total = float(re.search(r"total\s+([\d.]+) min", out).group(1))
-    assert abs(total - sum(minutes.values())) <= 0.3  # each row is rounded to 0.1
+    minutes = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+)\s.*?\s([\d.]+)$", out, re.M)
+               if m.group(1) in {"CLIP", "VAE", "latents", "U-Net", "polish", "total"}}
+    assert set(minutes) == {"CLIP", "VAE", "latents", "U-Net", "polish", "total"}
+    assert abs(minutes.pop("total") - sum(minutes.values())) <= 0.3  # each row is rounded to 0.1
     assert minutes["polish"] * 2 == pytest.approx(minutes["U-Net"], abs=0.15)  # same rate, half the steps
-    assert "; 2 threads; recipe: unet_heads 2, unet_batch 2" in out and "torch " in out
+    assert "--unet-heads 2" in out and "torch " in out and "transformers " in out
+    [(name, markdown)] = written.items()
+    assert name.startswith("emblems-train-time-") and "unet-heads-2" in name and "unet-steps-100" in name
+    assert "| stage | time | steps or images | minutes |" in markdown and "| total |" in markdown
+    assert "python benchmarks/emblems_train_time.py" in markdown  # the command that wrote it
 
 
 def test_the_machine_line_names_the_cpu_and_the_libraries():

@@ -296,7 +296,7 @@ class TextStates:
         if missing:
             with torch.no_grad():
                 hidden = self.text_encoder(_tokenize(self.tokenizer, missing))[0]
-            self.states.update(zip(missing, hidden.clone().unbind(0)))
+            self.states.update(zip(missing, hidden.unbind(0)))
         batch = torch.stack([self.states[c] for c in captions])
         self.looked_up, self.encoded = self.looked_up + len(captions), self.encoded + len(missing)
         for _ in range(len(self.states) - self.capacity):
