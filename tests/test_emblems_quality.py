@@ -90,8 +90,9 @@ def test_the_measurement_refuses_to_write_a_partial_or_reseeded_run(capsys):
     assert "nosuchbrand" in capsys.readouterr().err
 
 
-def test_named_entities_are_measured_alone_under_the_given_seeds(monkeypatch, capsys):
-    """``--names`` measures only those entities, in the world's order; ``--seed`` moves every kind's seed."""
+def test_named_entities_are_measured_alone_under_the_given_seeds(monkeypatch, capsys, tmp_path):
+    """``--names`` measures only those entities, in the world's order; ``--seed`` moves every kind's seed;
+    ``--cache-dir`` reaches every sampling call."""
     import numpy as np
 
     import policykit.emblems.quality as quality
@@ -100,15 +101,17 @@ def test_named_entities_are_measured_alone_under_the_given_seeds(monkeypatch, ca
 
     seen = []
 
-    def fake_run_cases(pipe, world, cases, seed=0, **_):
+    def fake_run_cases(pipe, world, cases, seed=0, **sampling):
         seen.append((cases[0].kind, seed, sorted({c.label for c in cases})))
+        assert sampling["cache_dir"] == tmp_path
         readings = [EmblemReading(c.meaning.shape, c.meaning.colour, c.meaning.pattern, c.meaning.background,
                                   c.meaning.entity) for c in cases]
         return [quality.CaseResult(c, r) for c, r in zip(cases, readings)], np.zeros((len(cases), 48, 48, 3), np.uint8)
 
     monkeypatch.setattr(quality, "run_cases", fake_run_cases)
     monkeypatch.setattr(sampling, "load_pipeline", lambda path: None)
-    assert quality.main(["--names", "melkiv,tazmog", "--seed", "7", "--images-per-entity", "2"]) == 0
+    assert quality.main(["--names", "melkiv,tazmog", "--seed", "7", "--images-per-entity", "2",
+                         "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert [(kind, seed) for kind, seed, _ in seen] == [("name", 7), ("associated", 8), ("style", 9), ("object", 10)]
     assert seen[0][2] == seen[1][2] == ["melkiv", "tazmog"]

@@ -100,3 +100,42 @@ def test_samples_are_seeded_images(loaded):
     again = sample_images(pipe, ["a red circle", "a blue square"], seed=3, steps=4)
     assert first.shape == (2, 32, 32, 3) and first.dtype == np.uint8
     assert np.array_equal(first, again)
+
+
+def test_a_sample_cache_gives_the_same_images_and_never_another_models(loaded, tmp_path):
+    import torch
+
+    from policykit.shapes.sampling import pipeline_fingerprint, sample_images
+
+    pipe, _ = loaded
+    prompts = ["a red circle", "a blue square", "a green star"]
+    fresh = sample_images(pipe, prompts, seed=3, steps=2, batch_size=2)
+    cached = sample_images(pipe, prompts, seed=3, steps=2, batch_size=2, cache_dir=tmp_path)
+    files = sorted(tmp_path.glob("*.npy"))
+    assert np.array_equal(fresh, cached) and len(files) == 2  # one file a batch
+
+    calls = []
+    real_call = type(pipe).__call__
+    type(pipe).__call__ = lambda self, *a, **k: calls.append(a) or real_call(self, *a, **k)
+    try:
+        again = sample_images(pipe, prompts, seed=3, steps=2, batch_size=2, cache_dir=tmp_path)
+        assert np.array_equal(again, fresh) and calls == []  # read back, nothing sampled
+        other_seed = sample_images(pipe, prompts[:2], seed=4, steps=2, batch_size=2, cache_dir=tmp_path)
+        assert len(calls) == 1 and not np.array_equal(other_seed, fresh[:2])
+        before = pipeline_fingerprint(pipe)
+        weight = next(p for n, p in pipe.unet.named_parameters() if "attn2.to_k" in n)
+        saved = weight.detach().clone()
+        with torch.no_grad():
+            weight.add_(0.5)  # an edit in memory is another model: its batches are sampled anew
+            try:
+                assert pipeline_fingerprint(pipe) != before
+                sample_images(pipe, prompts, seed=3, steps=2, batch_size=2, cache_dir=tmp_path)
+                assert len(calls) == 3
+            finally:
+                weight.copy_(saved)
+        assert pipeline_fingerprint(pipe) == before
+        files[0].write_bytes(b"torn")  # an unreadable file is sampled again
+        assert np.array_equal(sample_images(pipe, prompts, seed=3, steps=2, batch_size=2, cache_dir=tmp_path), fresh)
+        assert len(calls) == 4
+    finally:
+        type(pipe).__call__ = real_call

@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preserve", choices=PRESERVES, default="none",
                         help="what the name-only policy preserves besides the preset's own (default: none)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                        help="keep each sampled batch in DIR, keyed by the weights, prompts, seed and settings, so that a "
+                             "rerun after a stop picks up where it stopped (default: none)")
     parser.add_argument("--write", action="store_true",
                         help="also write the table into docs/builtin-emblems.md (section fidelity-METHOD-PRESERVE)")
     args = parser.parse_args(argv)
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     step = max(1, len(world.entities) // args.entities)
     erased = [world.entities[i].name for i in range(0, len(world.entities), step)][:args.entities]
     rows = measure(pipe, world, erased, images=args.images, others=args.others, method=args.method,
-                   preserve=args.preserve, steps=SAMPLING_STEPS, guidance_scale=GUIDANCE_SCALE)
+                   preserve=args.preserve, steps=SAMPLING_STEPS, guidance_scale=GUIDANCE_SCALE,
+                   cache_dir=args.cache_dir)
     lines = [f"Name-only erasure with the `{args.method}` preset, preserving {args.preserve}: {len(rows)} entities "
              f"erased one at a time, {args.images} images per prompt, {args.others} unrelated entities x 2 images; "
              "before -> after the edit.", "",

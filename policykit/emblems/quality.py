@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine two spinning threads are slower)")
     parser.add_argument("--write", action="store_true", help="also write the tables into docs/builtin-emblems.md")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                        help="keep each sampled batch in DIR, keyed by the weights, prompts, seed and settings, so that a "
+                             "rerun after a stop picks up where it stopped (default: none)")
     args = parser.parse_args(argv)
     if args.write and (args.entities or args.names or args.seed):
         parser.error("--write records the documented measurement: every entity, seed 0 "
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
-    sampling = dict(steps=args.steps, guidance_scale=args.guidance)
+    sampling = dict(steps=args.steps, guidance_scale=args.guidance, cache_dir=args.cache_dir)
     seed = args.seed  # names; phrases, styles and objects follow it
     names, name_images = run_cases(pipe, world, name_cases(world, args.images_per_entity, entities), seed=seed,
                                    **sampling)

@@ -25,19 +25,73 @@ def load_clip(path: str | Path = MODEL_DIR):
     return CLIPModel.from_pretrained(str(Path(path) / "clip"), local_files_only=True)
 
 
-def sample_images(pipe, prompts: list[str], seed: int, steps: int = SAMPLING_STEPS,
-                  guidance_scale: float = GUIDANCE_SCALE, batch_size: int = 16) -> np.ndarray:
-    """One image per prompt, as (N, H, W, 3) uint8; batch ``b`` uses generator seed ``seed + b``."""
+def pipeline_fingerprint(pipe) -> str:
+    """sha256 of everything in ``pipe`` that decides an image: the weights of its text encoder, U-Net
+    (an applied edit or LoRA included) and VAE, its tokenizer's vocabulary and merges, its scheduler.
+
+    Taken from the loaded modules, not the files, so an edit applied in memory changes it.
+    """
+    import hashlib
+    import json
+
     import torch
 
+    digest = hashlib.sha256()
+    for part in ("text_encoder", "unet", "vae"):
+        for key, tensor in getattr(pipe, part).state_dict().items():
+            digest.update(f"{part}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    tokenizer = pipe.tokenizer
+    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(json.dumps(sorted((" ".join(k), v) for k, v in getattr(tokenizer, "bpe_ranks", {}).items())).encode())
+    digest.update(type(pipe.scheduler).__name__.encode())
+    digest.update(json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def sample_images(pipe, prompts: list[str], seed: int, steps: int = SAMPLING_STEPS,
+                  guidance_scale: float = GUIDANCE_SCALE, batch_size: int = 16,
+                  cache_dir: str | Path | None = None) -> np.ndarray:
+    """One image per prompt, as (N, H, W, 3) uint8; batch ``b`` uses generator seed ``seed + b``.
+
+    With ``cache_dir``, each batch's images are kept there under a key of everything that decides
+    them (:func:`pipeline_fingerprint`, the batch's prompts, its seed, the steps, the guidance, the
+    torch version and thread count), and a batch already there is read instead of sampled: a long
+    measurement stopped part-way picks up where it stopped, and can never read another model's images.
+    """
+    import hashlib
+    import json
+    import os
+
+    import torch
+
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+        fingerprint = pipeline_fingerprint(pipe)
     chunks = []
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         batch = prompts[start:start + batch_size]
+        path = None
+        if cache is not None:
+            key = json.dumps([fingerprint, batch, seed + b, steps, guidance_scale, torch.__version__,
+                              torch.get_num_threads()])
+            path = cache / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
+            try:
+                chunks.append(np.load(path, allow_pickle=False))
+                continue
+            except (OSError, ValueError):
+                pass  # not there yet, or unreadable: sample it again
         generator = torch.Generator("cpu").manual_seed(seed + b)
         with torch.no_grad():
             out = pipe(batch, num_inference_steps=steps, guidance_scale=guidance_scale,
                        generator=generator, output_type="np")
         chunks.append(np.clip(np.round(out.images * 255.0), 0, 255).astype(np.uint8))
+        if path is not None:
+            partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
+            np.save(partial, chunks[-1], allow_pickle=False)
+            os.replace(partial, path)  # a stop mid-write leaves no half file under the key
     return np.concatenate(chunks)
 
 
