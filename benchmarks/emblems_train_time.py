@@ -16,9 +16,9 @@ numbers; asserts nothing. Every recipe knob of ``python -m
 policykit.emblems.train`` can be given, to project another recipe; ``--write``
 puts the table into docs/benchmarks.md, in a section of its own per recipe
 (``emblems-train-time``, or with the knobs that differ from the shipped
-recipe's appended, e.g. ``emblems-train-time-unet-heads-2``):
+recipe's appended, e.g. ``emblems-train-time-unet-heads-8``):
 
-    python benchmarks/emblems_train_time.py [--steps 30] [--threads 2] [--unet-heads 2 ...] [--write]
+    python benchmarks/emblems_train_time.py [--steps 30] [--threads 2] [--unet-heads 8 ...] [--write]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--steps", "1", "--warmup", "1", "--clip-batch", "8", "--vae-batch", "2", "--unet-batch", "2",
-        "--latent-images", "4", "--unet-widths", "32,64", "--unet-heads", "2", "--unet-steps", "100",
+        "--latent-images", "4", "--unet-widths", "32,64", "--unet-heads", "4", "--unet-steps", "100",
         "--unet-polish-steps", "50"]
 
 
@@ -35,9 +35,9 @@ def test_it_projects_every_stage_sums_them_and_writes_one_section_per_recipe(ben
     assert set(minutes) == {"CLIP", "VAE", "latents", "U-Net", "polish", "total"}
     assert abs(minutes.pop("total") - sum(minutes.values())) <= 0.3  # each row is rounded to 0.1
     assert minutes["polish"] * 2 == pytest.approx(minutes["U-Net"], abs=0.15)  # same rate, half the steps
-    assert "--unet-heads 2" in out and "torch " in out and "transformers " in out
+    assert "--unet-heads 4" in out and "torch " in out and "transformers " in out
     [(name, markdown)] = written.items()
-    assert name.startswith("emblems-train-time-") and "unet-heads-2" in name and "unet-steps-100" in name
+    assert name.startswith("emblems-train-time-") and "unet-heads-4" in name and "unet-steps-100" in name
     assert "| stage | time | steps or images | minutes |" in markdown and "| total |" in markdown
     assert "python benchmarks/emblems_train_time.py" in markdown  # the command that wrote it
 

@@ -2,8 +2,8 @@
 
 The full measurement is ``python -m policykit.emblems.quality`` (docs/builtin-emblems.md);
 this samples a few images per kind so that CI stays fast. The floors below are regression
-guards set under what the shipped model measures over 2,316 images (revision 2: names 99.2% on
-average, associated phrases 92.3%, styles 100%, objects 100%), with room for a small sample's spread.
+guards set under what the shipped model measures over 2,316 images (revision 3: names 99.6% on
+average, associated phrases 95.2%, styles 100%, objects 100%), with room for a small sample's spread.
 """
 
 import pytest

@@ -128,7 +128,7 @@ def test_builtin_emblems_resolves_and_loads_offline_as_a_standard_pipeline(world
 
     from policykit.emblems.train import Recipe
 
-    # knobs added since (absent from the file) must default to what revision 2 did
+    # knobs added since (absent from the file) must default to what the shipped revision did
     assert set(recipe) <= set(asdict(Recipe())) and Recipe(**recipe) == Recipe(threads=2)
 
 

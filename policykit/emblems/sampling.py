@@ -20,7 +20,7 @@ MODEL_DIR = Path(__file__).with_name("model")
 #: The sha256 pin of the shipped weights (:func:`policykit.models.pin.model_sha256` over its files): what
 #: ``python -m policykit.emblems.train --out policykit/emblems/model --threads 2`` wrote
 #: (docs/builtin-emblems.md); policies/brand-emblems.yaml pins it too.
-MODEL_SHA256 = "25b739a9bcdecbc2ba623593d3e6adfdfd883ab6a003a307c8a30664b7c86b24"
+MODEL_SHA256 = "271d97839728bd59efe926d0e002638b0f2c28f93e1d886696226470b26b032a"
 
 
 def model_available(path: str | Path = MODEL_DIR) -> bool:

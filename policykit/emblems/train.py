@@ -80,9 +80,10 @@ class Recipe:
     unet_name_share: float = 0.5
     unet_associated_share: float = 0.4
     unet_widths: str = "64,128"
-    #: Attention heads per U-Net block: 8 (heads of 8 and 16 channels) in revisions 1 and 2. The same
-    #: parameters in fewer, wider heads train faster on a CPU (benchmarks/emblems_train_time.py).
-    unet_heads: int = 8
+    #: Attention heads per U-Net block: 2 (heads of 32 and 64 channels) since revision 3, 8 (heads of 8 and
+    #: 16 channels) in revisions 1 and 2. The same parameters in fewer, wider heads train about a fifth
+    #: faster on a CPU (benchmarks/emblems_train_time.py; docs/builtin-emblems.md, "Revisions").
+    unet_heads: int = 2
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     #: A second, shorter U-Net phase ("polish") that starts from the first phase's EMA weights with a fresh
