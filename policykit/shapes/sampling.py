@@ -31,22 +31,16 @@ def pipeline_fingerprint(pipe) -> str:
 
     Taken from the loaded modules, not the files, so an edit applied in memory changes it.
     """
-    import hashlib
-    import json
+    from policykit.hashing import content_id, tensors_sha256
 
-    import torch
-
-    digest = hashlib.sha256()
-    for part in ("text_encoder", "unet", "vae"):
-        for key, tensor in getattr(pipe, part).state_dict().items():
-            digest.update(f"{part}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    weights = tensors_sha256((f"{part}.{name}", tensor) for part in ("text_encoder", "unet", "vae")
+                             for name, tensor in getattr(pipe, part).state_dict().items())
     tokenizer = pipe.tokenizer
-    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    digest.update(json.dumps(sorted((" ".join(k), v) for k, v in getattr(tokenizer, "bpe_ranks", {}).items())).encode())
-    digest.update(type(pipe.scheduler).__name__.encode())
-    digest.update(json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    merges = sorted([" ".join(pair), rank] for pair, rank in getattr(tokenizer, "bpe_ranks", {}).items())
+    # repr: scheduler configs hold -inf (lambda_min_clipped), which JSON cannot spell
+    scheduler = sorted([key, repr(value)] for key, value in pipe.scheduler.config.items())
+    return content_id({"weights": weights, "vocab": tokenizer.get_vocab(), "merges": merges,
+                       "scheduler": [type(pipe.scheduler).__name__, scheduler]})
 
 
 def sample_images(pipe, prompts: list[str], seed: int, steps: int = SAMPLING_STEPS,
@@ -59,11 +53,11 @@ def sample_images(pipe, prompts: list[str], seed: int, steps: int = SAMPLING_STE
     torch version and thread count), and a batch already there is read instead of sampled: a long
     measurement stopped part-way picks up where it stopped, and can never read another model's images.
     """
-    import hashlib
-    import json
     import os
 
     import torch
+
+    from policykit.hashing import content_id
 
     cache = None
     if cache_dir is not None:
@@ -75,9 +69,9 @@ def sample_images(pipe, prompts: list[str], seed: int, steps: int = SAMPLING_STE
         batch = prompts[start:start + batch_size]
         path = None
         if cache is not None:
-            key = json.dumps([fingerprint, batch, seed + b, steps, guidance_scale, torch.__version__,
+            key = content_id([fingerprint, batch, seed + b, steps, guidance_scale, torch.__version__,
                               torch.get_num_threads()])
-            path = cache / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
+            path = cache / f"{key}.npy"
             try:
                 chunks.append(np.load(path, allow_pickle=False))
                 continue
