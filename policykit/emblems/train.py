@@ -84,6 +84,9 @@ class Recipe:
     #: 16 channels) in revisions 1 and 2. The same parameters in fewer, wider heads train about a fifth
     #: faster on a CPU (benchmarks/emblems_train_time.py; docs/builtin-emblems.md, "Revisions").
     unet_heads: int = 2
+    #: Min-SNR-gamma loss weighting of both U-Net phases (``diffusion_loss`` in ``policykit.shapes.train``):
+    #: 0, the plain epsilon objective, in revisions 1 to 3.
+    unet_min_snr_gamma: float = 0.0
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     #: A second, shorter U-Net phase ("polish") that starts from the first phase's EMA weights with a fresh
@@ -344,7 +347,7 @@ def _diffusion_phase(world: World, text_states: TextStates, inputs, unet, ema, p
                     for i in index.tolist()]
         hidden = text_states(captions)
         latents = (means[index] + stds[index] * torch.randn(stds[index].shape, generator=generator)) * scaling
-        loss = diffusion_loss(unet, scheduler, latents, hidden, generator)
+        loss = diffusion_loss(unet, scheduler, latents, hidden, generator, recipe.unet_min_snr_gamma)
         optimizer_step(optimizer, loss, _lr_at(step, phase.schedule, phase.lr, warmup=phase.warmup), unet.parameters())
         ema_update(ema, unet, step, recipe.ema_decay)
         if step % 250 == 0 or step == phase.steps - 1:

@@ -105,8 +105,15 @@ def vae_loss(vae, x, background, foreground_weight: float, kl_weight: float, gen
     return (weight * (error.abs() + error.pow(2))).mean() + kl_weight * posterior.kl().mean()
 
 
-def diffusion_loss(unet, scheduler, latents, hidden, generator=None):
-    """SD's DDPM epsilon objective: noise the latents at random timesteps, predict the noise."""
+def diffusion_loss(unet, scheduler, latents, hidden, generator=None, min_snr_gamma: float = 0.0):
+    """SD's DDPM epsilon objective: noise the latents at random timesteps, predict the noise.
+
+    ``min_snr_gamma`` > 0 weights each sample's squared error by min(SNR(t), gamma) / SNR(t), where
+    SNR(t) = alpha_bar_t / (1 - alpha_bar_t): the Min-SNR-gamma strategy of Hang et al., "Efficient
+    Diffusion Training via Min-SNR Weighting Strategy" (ICCV 2023), for an epsilon-predicting model. It
+    takes weight off the least noisy timesteps, where the image is almost given and the caption barely
+    matters; the paper reports the same quality in fewer steps at gamma 5. 0 is the plain objective.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -115,7 +122,13 @@ def diffusion_loss(unet, scheduler, latents, hidden, generator=None):
     noise = torch.randn_like(latents) if generator is None else torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    return F.mse_loss(unet(noisy, timesteps, hidden).sample, noise)
+    predicted = unet(noisy, timesteps, hidden).sample
+    if not min_snr_gamma:
+        return F.mse_loss(predicted, noise)
+    alpha_bar = scheduler.alphas_cumprod.to(torch.float64)[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    weight = (snr.clamp(max=min_snr_gamma) / snr).to(predicted.dtype)
+    return (weight * (predicted - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
 def ema_update(ema, model, step: int, decay: float) -> None:
