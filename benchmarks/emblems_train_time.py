@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         T._log = quiet
 
-    from report import header, markdown_table, text_table, write_section
+    from report import git_commit, header, markdown_table, text_table, write_section
 
     stages = [("CLIP", clip_s, recipe.clip_steps), ("VAE", vae_s, recipe.vae_steps),
               ("latents", None, recipe.unet_images), ("U-Net", unet_s, recipe.unet_steps),
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(["total", "", "", f"{total:.1f}"])
     changed = {k.replace("_", "-"): v for k, v in asdict(recipe).items() if v != getattr(defaults, k)}
     headers = ["stage", "time", "steps or images", "minutes"]
-    notes = (f"{T.machine()}; {recipe.threads} threads. Recipe: the shipped one"
+    notes = (f"{T.machine()}; {recipe.threads} threads; code at commit {git_commit()}. Recipe: the shipped one"
              + "".join(f" --{k} {v}" for k, v in changed.items()) + f"; budget {args.budget_minutes:.0f} min. "
              f"The text encoder ran on {states.encoded}/{states.looked_up} captions in the timed U-Net steps "
              "(a full run reuses more).")

@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report import git_commit  # noqa: E402  (after the path above)
+
 METHODS = ("uce", "mace", "esd", "esd-u", "realera-cf", "realera-no-bcr", "realera")
 #: Presets whose training settings are policykit's own: the benchmark gives them the demo's noise-alignment
 #: budget. The peer presets run at their authors' defaults (nothing set in the policy).
@@ -301,20 +303,6 @@ def engine_version() -> int:
     from policykit.realera.engine import ENGINE_VERSION
 
     return ENGINE_VERSION
-
-
-def git_commit() -> str:
-    """The commit the code was measured at (``+dirty`` when the work tree differs from it)."""
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "policykit"],
-                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
 
 
 def compile_task(task: Task, method: str, **settings):

@@ -55,6 +55,20 @@ def machine() -> str:
     return "; ".join(parts)
 
 
+def git_commit() -> str:
+    """The commit the code was measured at (``+dirty`` when the work tree differs from it)."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "policykit"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command that ran, as someone would type it from the repository root."""
     script = Path(sys.argv[0]).resolve()

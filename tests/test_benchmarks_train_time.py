@@ -35,7 +35,7 @@ def test_it_projects_every_stage_sums_them_and_writes_one_section_per_recipe(ben
     assert set(minutes) == {"CLIP", "VAE", "latents", "U-Net", "polish", "total"}
     assert abs(minutes.pop("total") - sum(minutes.values())) <= 0.3  # each row is rounded to 0.1
     assert minutes["polish"] * 2 == pytest.approx(minutes["U-Net"], abs=0.15)  # same rate, half the steps
-    assert "--unet-heads 4" in out and "torch " in out and "transformers " in out
+    assert "--unet-heads 4" in out and "torch " in out and "transformers " in out and "code at commit " in out
     [(name, markdown)] = written.items()
     assert name.startswith("emblems-train-time-") and "unet-heads-4" in name and "unet-steps-100" in name
     assert "| stage | time | steps or images | minutes |" in markdown and "| total |" in markdown
